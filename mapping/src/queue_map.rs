@@ -153,19 +153,24 @@ impl MapContext<'_> {
     ) -> QueueMap {
         let topology = self.topology;
         let active_queues: Vec<usize> = active.iter().collect();
-        let mut next = 0usize;
-        for cpu in topology.possible().difference(grouped).iter() {
-            // With no active queue the kernel deals to `cpumask_first()` of
-            // an empty mask, which is nr_cpu_ids: kept as is, so the result
-            // matches the kernel's even in that corner.
-            let queue = active_queues
-                .get(next)
-                .copied()
-                .unwrap_or(topology.nr_cpu_ids());
+        if active_queues.is_empty() {
+            // No queue has an online CPU (every housekeeping CPU of the map
+            // is offline). The series would deal the isolated CPUs to
+            // `cpumask_first()` of an empty mask — queue nr_cpu_ids, which
+            // does not exist — and its validation would let that pass. A
+            // queue number that does not exist is never an acceptable
+            // answer for a driver, so this is the one place isonvme
+            // deliberately differs: the map falls back like any other
+            // unusable map.
+            return self.fallback(nr_queues, queue_offset);
+        }
+        for (cpu, &queue) in topology
+            .possible()
+            .difference(grouped)
+            .iter()
+            .zip(active_queues.iter().cycle())
+        {
             mq_map[cpu] = queue_offset + queue;
-            if !active_queues.is_empty() {
-                next = (next + 1) % active_queues.len();
-            }
         }
         // blk_mq_validate(): an inactive queue must not serve an online CPU.
         let usable =
