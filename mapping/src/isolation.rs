@@ -365,16 +365,13 @@ fn kernel_params(cmdline: &str) -> Vec<(String, Option<String>)> {
 /// line first (see [`from_cmdline`]), then the sysfs `isolated` file, then
 /// the sysfs `nohz_full` file; no isolation when all are empty.
 ///
-/// As the kernel does, when a command-line set would leave no present CPU
-/// for housekeeping, the boot CPU (CPU 0 on x86 and arm64) is taken out of
-/// it. CPUs that are not possible are dropped: they can never run.
+/// The set is reported as configured (minus CPUs that are not possible:
+/// they can never run); the planner applies the kernel's rule that puts the
+/// boot CPU back into housekeeping when nothing present would remain.
 pub fn detect(root: &SysfsRoot, topology: &Topology) -> Result<Isolation, IsolationError> {
     let possible = topology.possible();
     let cmdline = root.cmdline()?;
     if let Some(mut isolation) = from_cmdline(&cmdline, topology.nr_cpu_ids())? {
-        if topology.present().is_subset(&isolation.isolated) {
-            isolation.isolated.remove(0);
-        }
         isolation.isolated.intersect_with(possible);
         return Ok(isolation);
     }
@@ -593,11 +590,21 @@ mod tests {
     }
 
     #[test]
-    fn detect_keeps_the_boot_cpu_when_everything_is_isolated() {
+    fn the_plan_keeps_the_boot_cpu_when_everything_is_isolated() {
         let dir = tempfile::tempdir().unwrap();
         let root = machine().cmdline("isolcpus=0-7").write(dir.path()).unwrap();
         let topo = root.topology().unwrap();
-        assert_eq!(detect(&root, &topo).unwrap().isolated, set("1-7"));
+        let isolation = detect(&root, &topo).unwrap();
+        assert_eq!(isolation.isolated, set("0-7"));
+        let plan = crate::plan(
+            &topo,
+            &isolation.isolated,
+            &crate::PlanParams::nvme(4),
+            crate::Policy::IoQueue,
+        )
+        .unwrap();
+        assert_eq!(plan.isolated, set("1-7"));
+        assert_eq!(plan.housekeeping, set("0"));
     }
 
     #[test]
@@ -666,6 +673,15 @@ mod tests {
         let iso = explicit(set("3-7"), &topo).unwrap();
         assert_eq!(iso.source, IsolationSource::Explicit);
         assert_eq!(iso.isolated, set("3-7"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cmdline_parsing_never_panics(cmdline in "[ \t\"=,:/a-zN_0-9-]{0,48}|\\PC{0,48}") {
+            let _ = from_cmdline(&cmdline, 8);
+            let _ = parse_isolcpus(&cmdline, 8);
+            let _ = from_cmdline(&cmdline, 0);
+        }
     }
 
     #[test]
