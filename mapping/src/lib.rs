@@ -26,6 +26,7 @@ pub mod isolation;
 mod ksort;
 pub mod plan;
 pub mod queue_map;
+pub mod report;
 pub mod sysfs;
 pub mod topology;
 pub mod vectors;

@@ -144,6 +144,8 @@ pub enum OfflineVerdict {
     AlreadyOffline,
     /// Nothing is isolated, so any CPU may go.
     NoIsolation,
+    /// The mainline policy ignores isolation, so any CPU may go.
+    MainlinePolicy,
     /// Isolated CPUs may always go offline.
     Isolated,
     /// Every queue it serves keeps another online housekeeping CPU.
@@ -184,6 +186,9 @@ impl fmt::Display for OfflineVerdict {
             OfflineVerdict::NoIsolation => {
                 f.write_str("no CPU is isolated, so every online CPU may go offline")
             }
+            OfflineVerdict::MainlinePolicy => f.write_str(
+                "the mainline policy ignores isolation, so every online CPU may go offline",
+            ),
             OfflineVerdict::Isolated => f.write_str("it is isolated; isolated CPUs may always go offline"),
             OfflineVerdict::OtherHousekeepingRemain => f.write_str(
                 "every queue it serves keeps another online housekeeping CPU",
@@ -340,7 +345,10 @@ impl Plan {
         if !topology.online().contains(cpu) {
             return Some(OfflineVerdict::AlreadyOffline);
         }
-        if self.policy == Policy::Mainline || !self.isolation_active {
+        if self.policy == Policy::Mainline {
+            return Some(OfflineVerdict::MainlinePolicy);
+        }
+        if !self.isolation_active {
             return Some(OfflineVerdict::NoIsolation);
         }
         if self.isolated.contains(cpu) {
