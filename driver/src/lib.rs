@@ -1,7 +1,9 @@
 //! isonvme: a userspace NVMe driver for latency-critical software.
-//!
-//! The NVMe core, the VFIO back-end and the simulated controller land in
-//! later steps; today the crate re-exports the mapping policy every queue
-//! layout will follow.
+#![warn(missing_docs)]
+
+pub mod dma;
+pub mod mmio;
+pub mod nvme;
+pub mod transport;
 
 pub use isonvme_mapping as mapping;
