@@ -1,0 +1,1 @@
+//! NVMe wire types (being written).
