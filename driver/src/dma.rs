@@ -124,9 +124,7 @@ impl DmaPool {
                 let region = self.inner.mapper.map_dma(CHUNK_SIZE)?;
                 let mut allocator = FrameAllocator::new();
                 allocator.add_frame(0, region.len() / PAGE_SIZE);
-                let first = allocator
-                    .alloc(frames)
-                    .ok_or(DmaError::TooLarge(len))?;
+                let first = allocator.alloc(frames).ok_or(DmaError::TooLarge(len))?;
                 chunks.push(Chunk {
                     region,
                     frames: allocator,

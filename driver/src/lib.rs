@@ -1,9 +1,22 @@
 //! isonvme: a userspace NVMe driver for latency-critical software.
+//!
+//! The driver talks to a controller through the [`transport::Transport`]
+//! seam — registers, DMA memory, interrupt vectors — which both back-ends
+//! provide: VFIO for real devices and the built-in simulated controller.
+//! Everything above the seam (rings, bring-up, PRPs, I/O) is one code path.
 #![warn(missing_docs)]
 
+pub mod controller;
 pub mod dma;
+pub mod error;
+pub mod io;
 pub mod mmio;
 pub mod nvme;
+pub mod prp;
+pub mod queue;
 pub mod transport;
 
+pub use controller::{Controller, ControllerInfo, ControllerOptions, Namespace};
+pub use error::{DeviceError, Error, Result};
+pub use io::{Completion, IoCommand, IoQueuePair, Rejected};
 pub use isonvme_mapping as mapping;

@@ -1,0 +1,281 @@
+//! The rings: submission queues (entries, tail, doorbell) and completion
+//! queues (phase tag, head doorbell, wrap-around), in DMA memory.
+//!
+//! This is one of the few modules with `unsafe`: entries are copied into and
+//! out of ring memory the device reads and writes concurrently, so every
+//! access is a volatile copy of a whole entry through a raw pointer.
+
+use std::sync::atomic::{fence, Ordering};
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::dma::{DmaBuffer, DmaPool};
+use crate::mmio::Mmio;
+use crate::nvme::{CompletionEntry, SubmissionEntry};
+
+/// Size of a submission queue entry (CC.IOSQES = 6).
+pub const SQ_ENTRY_SIZE: usize = 64;
+/// Size of a completion queue entry (CC.IOCQES = 4).
+pub const CQ_ENTRY_SIZE: usize = 16;
+
+/// A queue's ring memory could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    /// The requested depth is outside what NVMe allows.
+    #[error("queue depth {0} is invalid: NVMe queues hold 2 to 65536 entries")]
+    BadDepth(u32),
+    /// DMA memory for the ring could not be allocated.
+    #[error("cannot allocate queue memory: {0}")]
+    Dma(#[from] crate::dma::DmaError),
+}
+
+/// A submission queue: the driver writes entries at the tail and rings the
+/// tail doorbell; the device reports how far it has fetched (the head) in
+/// every completion.
+pub struct SubmissionQueue {
+    id: u16,
+    ring: DmaBuffer,
+    // Indices are u32 so `index + depth` never overflows.
+    depth: u32,
+    tail: u32,
+    /// The tail value the device was last told.
+    published_tail: u32,
+    /// The head the device last reported (entries before it are free).
+    head: u32,
+    mmio: Mmio,
+    doorbell: usize,
+}
+
+impl SubmissionQueue {
+    /// Allocates a ring of `depth` entries for queue `id`, whose tail
+    /// doorbell is the 32-bit register at `doorbell` in `mmio`.
+    pub fn new(
+        id: u16,
+        depth: u32,
+        pool: &DmaPool,
+        mmio: Mmio,
+        doorbell: usize,
+    ) -> Result<Self, RingError> {
+        let depth = check_depth(depth)?;
+        let ring = pool.alloc(depth as usize * SQ_ENTRY_SIZE)?;
+        Ok(SubmissionQueue {
+            id,
+            ring,
+            depth,
+            tail: 0,
+            published_tail: 0,
+            head: 0,
+            mmio,
+            doorbell,
+        })
+    }
+
+    /// The queue identifier.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Number of entries in the ring.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// The ring's device address (for Create I/O SQ / ASQ).
+    pub fn iova(&self) -> u64 {
+        self.ring.iova()
+    }
+
+    /// Entries that can be pushed now (one slot always stays empty so a
+    /// full ring is distinguishable from an empty one).
+    pub fn free_slots(&self) -> u32 {
+        let used = (self.tail + self.depth - self.head) % self.depth;
+        self.depth - 1 - used
+    }
+
+    /// Whether no entry can be pushed until the device reports progress.
+    pub fn is_full(&self) -> bool {
+        self.free_slots() == 0
+    }
+
+    /// Copies `entry` into the slot at the tail and advances the tail. The
+    /// device does not see it until [`SubmissionQueue::ring_doorbell`].
+    pub fn push(&mut self, entry: &SubmissionEntry) -> Result<(), QueueFull> {
+        if self.is_full() {
+            return Err(QueueFull);
+        }
+        let bytes = entry.as_bytes();
+        debug_assert_eq!(bytes.len(), SQ_ENTRY_SIZE);
+        let slot = self.tail as usize * SQ_ENTRY_SIZE;
+        // SAFETY: `slot + 64 <= depth * 64 <= ring capacity`; the slot is
+        // free (not between head and tail), so the device does not read it
+        // until the doorbell publishes it, which comes after this copy.
+        unsafe {
+            let dst = self.ring.as_ptr().add(slot);
+            for (i, byte) in bytes.iter().enumerate() {
+                dst.add(i).write_volatile(*byte);
+            }
+        }
+        self.tail = (self.tail + 1) % self.depth;
+        Ok(())
+    }
+
+    /// Tells the device about every entry pushed since the last call (one
+    /// register write for a whole batch).
+    pub fn ring_doorbell(&mut self) {
+        if self.tail != self.published_tail {
+            self.mmio.ring_doorbell(self.doorbell, self.tail);
+            self.published_tail = self.tail;
+        }
+    }
+
+    /// Records the SQ head a completion reported. A head outside the ring
+    /// or one that would move backwards past the tail means the device is
+    /// confused; it is refused and the caller reports it.
+    pub fn update_head(&mut self, head: u16) -> Result<(), BadSqHead> {
+        let head_index = u32::from(head);
+        if head_index >= self.depth {
+            return Err(BadSqHead {
+                queue: self.id,
+                head,
+            });
+        }
+        // The new head must lie between the old head and the tail.
+        let outstanding = (self.tail + self.depth - self.head) % self.depth;
+        let advanced = (head_index + self.depth - self.head) % self.depth;
+        if advanced > outstanding {
+            return Err(BadSqHead {
+                queue: self.id,
+                head,
+            });
+        }
+        self.head = head_index;
+        Ok(())
+    }
+}
+
+/// The submission ring has no free slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the submission queue is full")]
+pub struct QueueFull;
+
+/// A completion reported an SQ head the ring cannot have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the controller reported SQ head {head} for queue {queue}, outside the submitted range")]
+pub struct BadSqHead {
+    /// The submission queue.
+    pub queue: u16,
+    /// The head reported.
+    pub head: u16,
+}
+
+/// A completion queue: the device writes entries and flips the phase tag on
+/// every pass through the ring; the driver consumes entries whose phase
+/// matches the current pass and rings the head doorbell.
+pub struct CompletionQueue {
+    id: u16,
+    ring: DmaBuffer,
+    depth: u32,
+    head: u32,
+    phase: bool,
+    /// The head value the device was last told.
+    published_head: u32,
+    mmio: Mmio,
+    doorbell: usize,
+}
+
+impl CompletionQueue {
+    /// Allocates a ring of `depth` entries for queue `id`, whose head
+    /// doorbell is the 32-bit register at `doorbell` in `mmio`.
+    pub fn new(
+        id: u16,
+        depth: u32,
+        pool: &DmaPool,
+        mmio: Mmio,
+        doorbell: usize,
+    ) -> Result<Self, RingError> {
+        let depth = check_depth(depth)?;
+        // The pool hands out zeroed memory: every phase tag starts at 0 and
+        // the first pass expects 1.
+        let ring = pool.alloc(depth as usize * CQ_ENTRY_SIZE)?;
+        Ok(CompletionQueue {
+            id,
+            ring,
+            depth,
+            head: 0,
+            phase: true,
+            published_head: 0,
+            mmio,
+            doorbell,
+        })
+    }
+
+    /// The queue identifier.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Number of entries in the ring.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// The ring's device address (for Create I/O CQ / ACQ).
+    pub fn iova(&self) -> u64 {
+        self.ring.iova()
+    }
+
+    /// The next completion, if the device has posted one.
+    pub fn pop(&mut self) -> Option<CompletionEntry> {
+        let slot = self.head as usize * CQ_ENTRY_SIZE;
+        let mut words = [0u32; 4];
+        // SAFETY: `slot + 16 <= depth * 16 <= ring capacity` and the ring is
+        // 4-byte aligned (page-aligned buffer); the device may be writing
+        // the entry, hence volatile 32-bit reads.
+        let status_word = unsafe {
+            self.ring
+                .as_ptr()
+                .add(slot + 12)
+                .cast::<u32>()
+                .read_volatile()
+        };
+        // Bit 16 of dword 3 is the phase tag.
+        if (status_word >> 16) & 1 != u32::from(self.phase) {
+            return None;
+        }
+        // The rest of the entry was written before the phase flipped; the
+        // acquire fence keeps these reads after the phase check.
+        fence(Ordering::Acquire);
+        for (index, word) in words.iter_mut().enumerate() {
+            // SAFETY: as above, within the same 16-byte entry.
+            *word = unsafe {
+                self.ring
+                    .as_ptr()
+                    .add(slot + index * 4)
+                    .cast::<u32>()
+                    .read_volatile()
+            };
+        }
+        words[3] = status_word;
+        self.head += 1;
+        if self.head == self.depth {
+            self.head = 0;
+            self.phase = !self.phase;
+        }
+        CompletionEntry::read_from_bytes(words.as_bytes()).ok()
+    }
+
+    /// Tells the device which entries have been consumed.
+    pub fn ring_doorbell(&mut self) {
+        if self.head != self.published_head {
+            self.mmio.ring_doorbell(self.doorbell, self.head);
+            self.published_head = self.head;
+        }
+    }
+}
+
+fn check_depth(depth: u32) -> Result<u32, RingError> {
+    if !(2..=65536).contains(&depth) {
+        return Err(RingError::BadDepth(depth));
+    }
+    Ok(depth)
+}
