@@ -25,6 +25,9 @@ use crate::nvme::regs::{
 use crate::queue::{CompletionQueue, SubmissionQueue};
 use crate::transport::Transport;
 
+/// Largest command isonvme issues when the controller sets no MDTS limit.
+pub const UNLIMITED_TRANSFER_CAP: usize = 8 << 20;
+
 /// How a controller is opened.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
@@ -297,9 +300,9 @@ impl Controller {
         let max_transfer = identify
             .max_transfer_bytes(PAGE_SIZE)
             .unwrap_or(usize::MAX)
-            // Without a controller limit, stay within one DMA chunk so a
-            // single buffer can always back a command.
-            .min(crate::dma::CHUNK_SIZE);
+            // Without a controller limit, commands still stay a size whose
+            // PRP lists (a handful of chained pages) are cheap to build.
+            .min(UNLIMITED_TRANSFER_CAP);
         self.admin_command(
             "Identify active namespace list",
             SubmissionEntry::identify(IdentifyCns::ACTIVE_NAMESPACE_LIST, 0, scratch_iova),

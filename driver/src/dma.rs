@@ -23,6 +23,9 @@ pub const PAGE_SIZE: usize = 4096;
 /// Size of the regions the pool maps when it runs out: one 2 MiB hugepage.
 pub const CHUNK_SIZE: usize = 2 << 20;
 
+/// First frame number of every chunk's allocator (see `DmaPool::alloc`).
+const FRAME_BASE: usize = CHUNK_SIZE / PAGE_SIZE;
+
 /// Memory mapped for the device: host memory plus the IOVA it answers to.
 #[derive(Clone, Debug)]
 pub struct DmaRegion {
@@ -123,7 +126,11 @@ impl DmaPool {
             None => {
                 let region = self.inner.mapper.map_dma(CHUNK_SIZE)?;
                 let mut allocator = FrameAllocator::new();
-                allocator.add_frame(0, region.len() / PAGE_SIZE);
+                // Frame numbers start at FRAME_BASE, a multiple of the chunk's
+                // frame count, so the buddy allocator sees the chunk as one
+                // naturally aligned block (starting at 0 it would split it
+                // into 32-frame pieces and never serve a whole chunk).
+                allocator.add_frame(FRAME_BASE, FRAME_BASE + region.len() / PAGE_SIZE);
                 let first = allocator.alloc(frames).ok_or(DmaError::TooLarge(len))?;
                 chunks.push(Chunk {
                     region,
@@ -134,7 +141,7 @@ impl DmaPool {
         };
         let region = chunks[chunk_index].region.clone();
         drop(chunks);
-        let offset = first_frame * PAGE_SIZE;
+        let offset = (first_frame - FRAME_BASE) * PAGE_SIZE;
         let buffer = DmaBuffer {
             pool: Arc::clone(&self.inner),
             chunk_index,
@@ -238,5 +245,38 @@ impl std::fmt::Debug for DmaBuffer {
             .field("iova", &format_args!("{:#x}", self.iova))
             .field("len", &self.len)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimController;
+
+    #[test]
+    fn buffers_are_page_aligned_zeroed_and_reused() {
+        let sim = SimController::open("sim,size=1M").unwrap();
+        let pool = DmaPool::new(sim);
+        let mut small = pool.alloc(100).unwrap();
+        assert_eq!(small.capacity(), PAGE_SIZE);
+        assert_eq!(small.iova() % PAGE_SIZE as u64, 0);
+        small.as_mut_slice().fill(0xAB);
+        let first_iova = small.iova();
+        drop(small);
+        let again = pool.alloc(100).unwrap();
+        assert_eq!(again.iova(), first_iova, "freed frames are reused");
+        assert!(
+            again.as_slice().iter().all(|&b| b == 0),
+            "reused memory is zeroed"
+        );
+        // A whole chunk is still available as one buffer next to small ones.
+        let whole = pool.alloc(CHUNK_SIZE).unwrap();
+        assert_eq!(whole.len(), CHUNK_SIZE);
+        assert_eq!(whole.iova() % CHUNK_SIZE as u64, 0);
+        assert!(matches!(pool.alloc(0), Err(DmaError::Empty)));
+        assert!(matches!(
+            pool.alloc(CHUNK_SIZE + 1),
+            Err(DmaError::TooLarge(_))
+        ));
     }
 }

@@ -384,86 +384,74 @@ impl IoQueuePair {
         outcome
     }
 
-    /// Waits until the commands `cids` are done, collecting their results;
-    /// on timeout the controller is stopped (so no DMA lands later in the
-    /// caller's memory) and the error returned.
-    fn wait_all(
-        &mut self,
-        mut remaining: usize,
-        first_error: &mut Option<Error>,
-        tag_base: u64,
-    ) -> Result<()> {
+    /// Polls until fewer than `target` commands are outstanding, keeping
+    /// the first error; on timeout the controller is stopped (so no DMA
+    /// lands later in the caller's memory) and the error returned.
+    fn wait_below(&mut self, target: usize, first_error: &mut Option<Error>) -> Result<()> {
         let start = Instant::now();
         let mut idle = 0u32;
-        while remaining > 0 {
-            let mut done = 0;
+        while self.outstanding() >= target.max(1) {
             let polled = self.poll(|completion| {
-                done += 1;
-                if completion.tag >= tag_base {
-                    if let Err(status) = completion.result {
-                        first_error.get_or_insert(Error::Command {
-                            command: "I/O",
-                            status,
-                        });
-                    }
+                if let Err(status) = completion.result {
+                    first_error.get_or_insert(Error::Command {
+                        command: "I/O",
+                        status,
+                    });
                 }
             });
-            remaining = remaining.saturating_sub(done);
-            if let Err(error) = polled {
-                first_error.get_or_insert(error);
-            }
-            if done == 0 {
-                idle += 1;
-                if idle % 1024 == 0 {
-                    self.regs.check()?;
-                    if start.elapsed() > self.timeout {
-                        self.regs.fail();
-                        return Err(Error::Timeout {
-                            what: "did not complete an I/O command",
-                            waited: self.timeout,
-                            hint: "; the controller was disabled to stop its DMA",
-                        });
+            match polled {
+                Ok(0) => {
+                    idle += 1;
+                    if idle % 1024 == 0 {
+                        self.regs.check()?;
+                        if start.elapsed() > self.timeout {
+                            self.regs.fail();
+                            return Err(Error::Timeout {
+                                what: "did not complete an I/O command",
+                                waited: self.timeout,
+                                hint: "; the controller was disabled to stop its DMA",
+                            });
+                        }
+                        std::thread::yield_now();
                     }
-                    std::thread::yield_now();
+                    std::hint::spin_loop();
                 }
-                std::hint::spin_loop();
-            } else {
-                idle = 0;
+                Ok(_) => idle = 0,
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
         }
         Ok(())
     }
 
-    /// Runs `command` pieces over borrowed buffers and waits for all.
+    /// Runs command pieces whose data the caller keeps borrowed until this
+    /// returns, and waits for all of them.
     fn run_blocking(
         &mut self,
         pieces: &mut dyn Iterator<Item = (IoCommand, Vec<Segment>, usize)>,
     ) -> Result<()> {
+        self.regs.check()?;
         if self.outstanding() > 0 {
             return Err(Error::InvalidArgument(
                 "blocking calls need a queue with no outstanding commands: poll the earlier ones first".into(),
             ));
         }
-        // Tags of blocking calls are internal; the queue is empty, so every
-        // completion seen belongs to this call.
+        // The queue starts empty, so every completion seen belongs to this
+        // call; tags are not needed.
         let mut first_error = None;
-        let mut in_flight = 0;
         for (command, segments, data_len) in pieces {
-            while self.free.is_empty() {
+            if self.free.is_empty() {
                 self.ring();
-                self.wait_all(1, &mut first_error, 0)?;
-                in_flight -= 1;
+                self.wait_below(self.slots.len(), &mut first_error)?;
             }
-            match self.push(command, data_len, &segments, 0) {
-                Ok(_) => in_flight += 1,
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                    break;
-                }
+            if let Err(error) = self.push(command, data_len, &segments, 0) {
+                first_error.get_or_insert(error);
+                break;
             }
         }
         self.ring();
-        self.wait_all(in_flight, &mut first_error, 0)?;
+        self.wait_below(1, &mut first_error)?;
         match first_error {
             Some(error) => Err(error),
             None => Ok(()),

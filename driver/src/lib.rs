@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod controller;
+pub mod device;
 pub mod dma;
 pub mod error;
 pub mod io;
@@ -14,6 +15,7 @@ pub mod mmio;
 pub mod nvme;
 pub mod prp;
 pub mod queue;
+pub mod sim;
 pub mod transport;
 
 pub use controller::{Controller, ControllerInfo, ControllerOptions, Namespace};

@@ -13,6 +13,28 @@ use crate::dma::{DmaBuffer, DmaPool};
 use crate::mmio::Mmio;
 use crate::nvme::{CompletionEntry, SubmissionEntry};
 
+impl std::fmt::Debug for SubmissionQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubmissionQueue")
+            .field("id", &self.id)
+            .field("depth", &self.depth)
+            .field("head", &self.head)
+            .field("tail", &self.tail)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CompletionQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompletionQueue")
+            .field("id", &self.id)
+            .field("depth", &self.depth)
+            .field("head", &self.head)
+            .field("phase", &self.phase)
+            .finish()
+    }
+}
+
 /// Size of a submission queue entry (CC.IOSQES = 6).
 pub const SQ_ENTRY_SIZE: usize = 64;
 /// Size of a completion queue entry (CC.IOCQES = 4).
