@@ -83,93 +83,17 @@ pub struct Rejected {
     pub buffer: Option<DmaBuffer>,
 }
 
-struct Slot {
-    busy: bool,
-    tag: u64,
-    buffer: Option<DmaBuffer>,
-    prp_lists: PrpLists,
+/// Checks commands against the namespaces and the transfer limit and
+/// builds their submission entries (shared by queue pairs and per-CPU
+/// handles).
+#[derive(Debug, Clone)]
+pub(crate) struct CommandBuilder {
+    pub namespaces: Vec<Namespace>,
+    pub max_transfer: usize,
 }
 
-/// One submission queue and the completion queue it completes to, used by
-/// one thread at a time.
-pub struct IoQueuePair {
-    sq: SubmissionQueue,
-    cq: CompletionQueue,
-    slots: Vec<Slot>,
-    free: Vec<u16>,
-    namespaces: Vec<Namespace>,
-    max_transfer: usize,
-    pool: DmaPool,
-    regs: Arc<Registers>,
-    timeout: std::time::Duration,
-}
-
-impl IoQueuePair {
-    /// Creates CQ and SQ number `qid` with `depth` entries (the CQ
-    /// signalling `vector` if given, polled otherwise).
-    pub fn create(
-        controller: &Controller,
-        qid: u16,
-        depth: u32,
-        vector: Option<u16>,
-    ) -> Result<Self> {
-        let cq = controller.create_io_cq(qid, depth, vector)?;
-        let sq = match controller.create_io_sq(qid, depth, qid) {
-            Ok(sq) => sq,
-            Err(error) => {
-                let _ = controller.delete_io_cq(qid);
-                return Err(error);
-            }
-        };
-        Ok(Self::from_queues(controller, sq, cq))
-    }
-
-    /// Wraps queues already created on the controller.
-    pub fn from_queues(controller: &Controller, sq: SubmissionQueue, cq: CompletionQueue) -> Self {
-        // One slot per ring entry but the one that must stay empty; command
-        // ids are slot numbers.
-        let slots = sq.depth() as usize - 1;
-        IoQueuePair {
-            slots: (0..slots)
-                .map(|_| Slot {
-                    busy: false,
-                    tag: 0,
-                    buffer: None,
-                    prp_lists: PrpLists::new(),
-                })
-                .collect(),
-            free: (0..slots as u16).rev().collect(),
-            sq,
-            cq,
-            namespaces: controller.info().namespaces.clone(),
-            max_transfer: controller.info().max_transfer,
-            pool: controller.pool().clone(),
-            regs: Arc::clone(controller.registers()),
-            timeout: controller.command_timeout(),
-        }
-    }
-
-    /// Submission queue id.
-    pub fn id(&self) -> u16 {
-        self.sq.id()
-    }
-
-    /// Commands in flight.
-    pub fn outstanding(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
-    /// Commands that can be submitted now.
-    pub fn capacity(&self) -> usize {
-        self.free.len()
-    }
-
-    /// The largest transfer one command may carry.
-    pub fn max_transfer(&self) -> usize {
-        self.max_transfer
-    }
-
-    fn namespace(&self, nsid: u32) -> Result<&Namespace> {
+impl CommandBuilder {
+    pub fn namespace(&self, nsid: u32) -> Result<&Namespace> {
         self.namespaces
             .iter()
             .find(|ns| ns.id == nsid)
@@ -178,7 +102,7 @@ impl IoQueuePair {
 
     /// Checks a command against its namespace and data and builds the
     /// entry (without PRPs).
-    fn entry_for(&self, command: IoCommand, data_len: usize) -> Result<SubmissionEntry> {
+    pub fn entry_for(&self, command: IoCommand, data_len: usize) -> Result<SubmissionEntry> {
         let check_range = |ns: &Namespace, lba: u64, blocks: u32| -> Result<()> {
             if blocks == 0 || blocks > MAX_BLOCKS_PER_COMMAND {
                 return Err(Error::InvalidArgument(format!(
@@ -259,7 +183,7 @@ impl IoQueuePair {
         })
     }
 
-    fn transfer_len(&self, command: IoCommand) -> usize {
+    pub fn transfer_len(&self, command: IoCommand) -> usize {
         match command {
             IoCommand::Read { nsid, blocks, .. } | IoCommand::Write { nsid, blocks, .. } => self
                 .namespace(nsid)
@@ -269,6 +193,98 @@ impl IoQueuePair {
             }
             IoCommand::Flush { .. } | IoCommand::WriteZeroes { .. } => 0,
         }
+    }
+}
+
+struct Slot {
+    busy: bool,
+    tag: u64,
+    buffer: Option<DmaBuffer>,
+    prp_lists: PrpLists,
+}
+
+/// One submission queue and the completion queue it completes to, used by
+/// one thread at a time.
+pub struct IoQueuePair {
+    sq: SubmissionQueue,
+    cq: CompletionQueue,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    commands: CommandBuilder,
+    pool: DmaPool,
+    regs: Arc<Registers>,
+    timeout: std::time::Duration,
+}
+
+impl IoQueuePair {
+    /// Creates CQ and SQ number `qid` with `depth` entries (the CQ
+    /// signalling `vector` if given, polled otherwise).
+    pub fn create(
+        controller: &Controller,
+        qid: u16,
+        depth: u32,
+        vector: Option<u16>,
+    ) -> Result<Self> {
+        let cq = controller.create_io_cq(qid, depth, vector)?;
+        let sq = match controller.create_io_sq(qid, depth, qid) {
+            Ok(sq) => sq,
+            Err(error) => {
+                let _ = controller.delete_io_cq(qid);
+                return Err(error);
+            }
+        };
+        Ok(Self::from_queues(controller, sq, cq))
+    }
+
+    /// Wraps queues already created on the controller.
+    pub fn from_queues(controller: &Controller, sq: SubmissionQueue, cq: CompletionQueue) -> Self {
+        // One slot per ring entry but the one that must stay empty; command
+        // ids are slot numbers.
+        let slots = sq.depth() as usize - 1;
+        IoQueuePair {
+            slots: (0..slots)
+                .map(|_| Slot {
+                    busy: false,
+                    tag: 0,
+                    buffer: None,
+                    prp_lists: PrpLists::new(),
+                })
+                .collect(),
+            free: (0..slots as u16).rev().collect(),
+            sq,
+            cq,
+            commands: CommandBuilder {
+                namespaces: controller.info().namespaces.clone(),
+                max_transfer: controller.info().max_transfer,
+            },
+            pool: controller.pool().clone(),
+            regs: Arc::clone(controller.registers()),
+            timeout: controller.command_timeout(),
+        }
+    }
+
+    /// Submission queue id.
+    pub fn id(&self) -> u16 {
+        self.sq.id()
+    }
+
+    /// Commands in flight.
+    pub fn outstanding(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Commands that can be submitted now.
+    pub fn capacity(&self) -> usize {
+        self.free.len()
+    }
+
+    /// The largest transfer one command may carry.
+    pub fn max_transfer(&self) -> usize {
+        self.commands.max_transfer
+    }
+
+    fn namespace(&self, nsid: u32) -> Result<&Namespace> {
+        self.commands.namespace(nsid)
     }
 
     /// Puts a command on the submission queue (the device sees it after
@@ -280,7 +296,7 @@ impl IoQueuePair {
         tag: u64,
     ) -> std::result::Result<(), Rejected> {
         let data_len = buffer.as_ref().map_or(0, DmaBuffer::len);
-        let transfer = self.transfer_len(command);
+        let transfer = self.commands.transfer_len(command);
         let segment = buffer.as_ref().map(|b| Segment {
             iova: b.iova(),
             len: transfer.min(b.len()),
@@ -308,7 +324,7 @@ impl IoQueuePair {
         tag: u64,
     ) -> Result<u16> {
         self.regs.check()?;
-        let mut entry = self.entry_for(command, data_len)?;
+        let mut entry = self.commands.entry_for(command, data_len)?;
         let cid = *self.free.last().ok_or(Error::QueueFull)?;
         let slot = &mut self.slots[cid as usize];
         if !segments.is_empty() {
@@ -493,6 +509,7 @@ impl IoQueuePair {
         // ending on a page boundary unless they end the transfer, so every
         // piece is a valid PRP shape.
         let max_bytes = (self
+            .commands
             .max_transfer
             .min(MAX_BLOCKS_PER_COMMAND as usize * block)
             / PAGE_SIZE.max(block))

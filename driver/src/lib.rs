@@ -13,9 +13,11 @@ pub mod error;
 pub mod io;
 pub mod mmio;
 pub mod nvme;
+pub mod os;
 pub mod prp;
 pub mod queue;
 pub mod sim;
+pub mod spsc;
 pub mod transport;
 
 pub use controller::{Controller, ControllerInfo, ControllerOptions, Namespace};

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use isonvme_mapping::CpuSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::dma::DmaRegion;
@@ -65,4 +66,21 @@ pub trait Transport: DmaMapper {
     /// Enables vectors `0..count` in one step and returns one eventfd per
     /// vector, signalled when the vector fires.
     fn enable_vectors(&self, count: u16) -> Result<Vec<Arc<EventFd>>, TransportError>;
+
+    /// Asks the host to deliver `vector`'s interrupts only to `cpus` (the
+    /// userspace form of restricted IRQ affinity).
+    fn set_vector_affinity(
+        &self,
+        vector: u16,
+        cpus: &CpuSet,
+    ) -> Result<AffinityOutcome, TransportError>;
+}
+
+/// What became of a request to steer a vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AffinityOutcome {
+    /// The vector now targets the CPUs asked for.
+    Applied,
+    /// The host would not allow it; the text says why and how to fix it.
+    NotPermitted(String),
 }

@@ -40,6 +40,8 @@
 //! assert_eq!(regs.read32(0x08), 0x0001_0400); // VS = 1.4
 //! ```
 
+use crate::transport::AffinityOutcome;
+use isonvme_mapping::CpuSet;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -133,6 +135,8 @@ pub(crate) struct Shared {
     pub(crate) vectors: RwLock<Vec<Arc<EventFd>>>,
     pub(crate) faults: Faults,
     pub(crate) stats: SimStats,
+    /// Where the host was told to deliver each vector (IRQ affinity).
+    vector_affinity: std::sync::Mutex<std::collections::BTreeMap<u16, CpuSet>>,
     stop: AtomicBool,
 }
 
@@ -171,6 +175,7 @@ impl Shared {
             iommu: IovaMap::new(),
             vectors: RwLock::new(Vec::new()),
             faults: Faults::new(),
+            vector_affinity: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             stop: AtomicBool::new(false),
             options,
         });
@@ -282,6 +287,42 @@ impl Transport for SimController {
             .write()
             .unwrap_or_else(|e| e.into_inner()) = fds.clone();
         Ok(fds)
+    }
+
+    fn set_vector_affinity(
+        &self,
+        vector: u16,
+        cpus: &CpuSet,
+    ) -> Result<AffinityOutcome, TransportError> {
+        if vector >= self.max_vectors() {
+            return Err(TransportError::Vectors {
+                count: vector + 1,
+                reason: format!(
+                    "vector {vector} is beyond the {}-entry MSI-X table",
+                    self.max_vectors()
+                ),
+            });
+        }
+        self.shared
+            .vector_affinity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vector, cpus.clone());
+        Ok(AffinityOutcome::Applied)
+    }
+}
+
+impl SimController {
+    /// The CPUs vector `vector` was last told to target (the simulator's
+    /// record of IRQ affinity), if it was set.
+    #[must_use]
+    pub fn vector_affinity(&self, vector: u16) -> Option<CpuSet> {
+        self.shared
+            .vector_affinity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&vector)
+            .cloned()
     }
 }
 
