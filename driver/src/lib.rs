@@ -16,6 +16,7 @@ pub mod nvme;
 pub mod os;
 pub mod prp;
 pub mod queue;
+pub mod runtime;
 pub mod sim;
 pub mod spsc;
 pub mod transport;
