@@ -3,9 +3,10 @@
 //! Bring-up follows the NVMe initialisation sequence: disable and wait for
 //! CSTS.RDY=0 within CAP.TO, program the admin queue (AQA/ASQ/ACQ), enable
 //! with the queue entry sizes, page size and command set, wait for
-//! CSTS.RDY=1, then Identify and Set Features (Number of Queues). Close
-//! deletes the I/O queues, notifies shutdown (CC.SHN) and waits for
-//! CSTS.SHST before disabling.
+//! CSTS.RDY=1, then Identify and Set Features (Number of Queues).
+//! Shutdown notifies the controller (CC.SHN), waits for CSTS.SHST and
+//! disables it; deleting I/O queues first is the owner's job
+//! (`Runtime::close` does it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -107,7 +108,11 @@ struct AdminQueue {
 pub(crate) struct Registers {
     pub mmio: Mmio,
     pub cap: Cap,
+    /// Set when the controller was stopped (a lost command) or shut down:
+    /// queues must not submit any more.
     pub failed: AtomicBool,
+    /// Why `failed` is set.
+    pub stopped_because: Mutex<&'static str>,
 }
 
 impl Registers {
@@ -147,14 +152,26 @@ impl Registers {
     /// Stops the controller after a lost command so no DMA can land in a
     /// buffer that is about to be reused.
     pub fn fail(&self) {
-        self.failed.store(true, Ordering::SeqCst);
+        self.stop("an earlier command timed out and the controller was stopped");
         let _ = self.disable();
+    }
+
+    /// Marks the controller unusable for `reason`.
+    pub fn stop(&self, reason: &'static str) {
+        *self
+            .stopped_because
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = reason;
+        self.failed.store(true, Ordering::SeqCst);
     }
 
     pub fn check(&self) -> Result<()> {
         if self.failed.load(Ordering::SeqCst) {
             return Err(Error::Unusable(
-                "an earlier command timed out and the controller was stopped",
+                *self
+                    .stopped_because
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
             ));
         }
         let csts = self.csts();
@@ -213,6 +230,7 @@ impl Controller {
             mmio: mmio.clone(),
             cap,
             failed: AtomicBool::new(false),
+            stopped_because: Mutex::new(""),
         });
         regs.disable()?;
 
@@ -541,10 +559,16 @@ impl Controller {
     }
 
     fn check_depth(&self, depth: u32) -> Result<u32> {
-        if depth < 2 || depth > self.info.max_queue_depth {
+        // A ring lives in one DMA chunk: 2 MiB holds 32768 SQ entries.
+        let limit = self
+            .info
+            .max_queue_depth
+            .min((crate::dma::CHUNK_SIZE / crate::queue::SQ_ENTRY_SIZE) as u32);
+        if depth < 2 || depth > limit {
             return Err(Error::InvalidArgument(format!(
-                "queue depth {depth} is outside 2..={} (CAP.MQES + 1)",
-                self.info.max_queue_depth
+                "queue depth {depth} is outside 2..={limit} (CAP.MQES + 1 = {}, and a ring must fit one {} KiB DMA chunk)",
+                self.info.max_queue_depth,
+                crate::dma::CHUNK_SIZE / 1024
             )));
         }
         Ok(depth)
@@ -558,7 +582,10 @@ impl Controller {
         }
         let mmio = &self.regs.mmio;
         let cc = Cc(mmio.read32(offset::CC));
-        if cc.en() && !self.regs.failed.load(Ordering::SeqCst) {
+        let was_running = !self.regs.failed.load(Ordering::SeqCst);
+        // Queues still around fail fast instead of waiting out a timeout.
+        self.regs.stop("the controller was shut down");
+        if cc.en() && was_running {
             mmio.write32(offset::CC, cc.with_shn(ShutdownNotification::Normal).0);
             let result = self.regs.wait(
                 |csts| csts.shst() == Some(ShutdownStatus::Complete),

@@ -653,6 +653,31 @@ impl IoQueuePair {
     }
 }
 
+impl Drop for IoQueuePair {
+    fn drop(&mut self) {
+        // Commands still in flight may DMA into the rings and buffers this
+        // drop returns to the pool: give them a moment, then stop the
+        // controller rather than risk memory being written after reuse.
+        if self.outstanding() == 0 || self.regs.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        while self.outstanding() > 0 && Instant::now() < deadline {
+            if self.poll(|_| {}).is_err() {
+                break;
+            }
+        }
+        if self.outstanding() > 0 {
+            tracing::warn!(
+                queue = self.sq.id(),
+                outstanding = self.outstanding(),
+                "queue dropped with commands in flight; stopping the controller"
+            );
+            self.regs.fail();
+        }
+    }
+}
+
 /// The segments of bytes `offset..offset+len` of the concatenation of
 /// `buffers`.
 fn segments_of(buffers: &[&DmaBuffer], offset: usize, len: usize) -> Vec<Segment> {

@@ -992,6 +992,31 @@ pub struct CpuHandle {
     regs: Arc<Registers>,
 }
 
+impl Drop for CpuHandle {
+    fn drop(&mut self) {
+        // Commands in flight may still DMA into their buffers and the SQ
+        // ring: wait a moment for them, then stop the controller rather
+        // than hand that memory back to the pool.
+        if self.outstanding() == 0 || self.regs.failed.load(Ordering::SeqCst) {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.outstanding() > 0 && Instant::now() < deadline {
+            if self.poll(|_| {}).is_err() {
+                break;
+            }
+        }
+        if self.outstanding() > 0 {
+            tracing::warn!(
+                cpu = self.cpu,
+                outstanding = self.outstanding(),
+                "CPU handle dropped with commands in flight; stopping the controller"
+            );
+            self.regs.fail();
+        }
+    }
+}
+
 impl CpuHandle {
     /// The CPU this handle belongs to.
     pub fn cpu(&self) -> usize {
