@@ -11,6 +11,7 @@ pub mod device;
 pub mod dma;
 pub mod error;
 pub mod io;
+pub mod irq;
 pub mod mmio;
 pub mod nvme;
 pub mod os;
