@@ -75,10 +75,7 @@ pub fn open_transport(name: &DeviceName) -> Result<Arc<dyn Transport>> {
                 .map_err(|e| Error::InvalidArgument(format!("simulated controller: {e}")))?;
             Ok(sim)
         }
-        DeviceName::Pci(address) => Err(Error::InvalidArgument(format!(
-            "{address}: this build of isonvme has no VFIO back-end yet, so only the simulated \
-             controller (`--device sim`) can be opened"
-        ))),
+        DeviceName::Pci(address) => Ok(crate::vfio::VfioController::open(address)?),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod sim;
 pub mod spsc;
 pub mod transport;
+pub mod vfio;
 
 pub use controller::{Controller, ControllerInfo, ControllerOptions, Namespace};
 pub use error::{DeviceError, Error, Result};
