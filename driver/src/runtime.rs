@@ -969,6 +969,13 @@ impl Drop for Runtime {
     }
 }
 
+/// Adds to a counter only its handle writes: a plain load and store (no
+/// locked read-modify-write on the I/O path); readers may see it late, never
+/// torn.
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + by, Ordering::Relaxed);
+}
+
 struct HandleSlot {
     busy: bool,
     tag: u64,
@@ -1050,12 +1057,12 @@ impl CpuHandle {
         match self.push(command, buffer.as_ref(), tag) {
             Ok(slot) => {
                 self.slots[slot].buffer = buffer;
-                self.counters.submitted.fetch_add(1, Ordering::Relaxed);
+                bump(&self.counters.submitted, 1);
                 Ok(())
             }
             Err(error) => {
                 if matches!(error, Error::QueueFull) {
-                    self.counters.ring_full.fetch_add(1, Ordering::Relaxed);
+                    bump(&self.counters.ring_full, 1);
                 }
                 Err(Rejected { error, buffer })
             }
