@@ -1,0 +1,161 @@
+//! The example programs, run as a user runs them, on the simulator.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(binary: &str, args: &[&str]) -> Output {
+    Command::new(binary)
+        .args(args)
+        .output()
+        .expect("the example binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn journal(device: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["--device", device, "--pages", "512", "--flush-every", "100"];
+    args.extend_from_slice(extra);
+    run(env!("CARGO_BIN_EXE_journal"), &args)
+}
+
+fn file_device(path: &Path) -> String {
+    format!("sim,size=16M,file={}", path.display())
+}
+
+#[test]
+fn journal_survives_a_restart_and_appends_after_its_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = file_device(&dir.path().join("journal.img"));
+    let first = journal(&device, &["--records", "1000"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("starting a new one"),
+        "{}",
+        stdout(&first)
+    );
+    assert!(stdout(&first).contains("read back and verified 1000 records"));
+
+    let second = journal(&device, &["--records", "500"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let text = stdout(&second);
+    assert!(text.contains(": 1000 records in"), "{text}");
+    assert!(text.contains("appending from record 1000"), "{text}");
+    assert!(
+        text.contains("read back and verified 1500 records"),
+        "{text}"
+    );
+}
+
+#[test]
+fn journal_refuses_to_append_past_a_damaged_page_unless_salvaging() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("journal.img");
+    let device = file_device(&image);
+    let made = journal(&device, &["--records", "2000"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+
+    // Flip a byte inside a record of journal page 5 (4 KiB pages).
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes[5 * 4096 + 200] ^= 0xff;
+    std::fs::write(&image, &bytes).unwrap();
+
+    let refused = journal(&device, &["--records", "10"]);
+    assert!(!refused.status.success());
+    let message = stderr(&refused);
+    assert!(message.contains("journal page 5"), "{message}");
+    assert!(message.contains("--salvage"), "{message}");
+    // Nothing was overwritten: the page after the damage is still there.
+    assert_eq!(std::fs::read(&image).unwrap(), bytes);
+
+    // 4 log pages precede the damaged page: 100 records, as every
+    // 100th record flushes and pads its page (31 + 31 + 31 + 7).
+    let salvaged = journal(&device, &["--records", "10", "--salvage"]);
+    assert!(salvaged.status.success(), "{}", stderr(&salvaged));
+    let text = stdout(&salvaged);
+    assert!(text.contains("keeping the 100 records"), "{text}");
+    assert!(
+        text.contains("read back and verified 110 records"),
+        "{text}"
+    );
+}
+
+#[test]
+fn journal_will_not_replace_a_journal_made_with_other_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("journal.img");
+    let device = file_device(&image);
+    assert!(journal(&device, &["--records", "100"]).status.success());
+    let before = std::fs::read(&image).unwrap();
+    let refused = journal(&device, &["--records", "100", "--record-size", "64"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--record-size 128"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(std::fs::read(&image).unwrap(), before);
+}
+
+#[test]
+fn journal_full_keeps_what_fit_and_says_so() {
+    let full = run(
+        env!("CARGO_BIN_EXE_journal"),
+        &[
+            "--device",
+            "sim,size=16M",
+            "--pages",
+            "3",
+            "--records",
+            "100",
+        ],
+    );
+    assert!(!full.status.success());
+    assert!(
+        stderr(&full).contains("the journal is full at 62 records"),
+        "{}",
+        stderr(&full)
+    );
+}
+
+#[test]
+fn latency_reports_completions_on_housekeeping_cpus_only() {
+    let output = run(
+        env!("CARGO_BIN_EXE_latency"),
+        &[
+            "--device",
+            "sim,size=64M",
+            "--ios",
+            "2000",
+            "--warmup",
+            "100",
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("2000 reads in"), "{text}");
+    assert!(text.contains("p99.9"), "{text}");
+    let online = std::thread::available_parallelism().map_or(1, usize::from);
+    if online > 1 {
+        assert!(
+            text.contains("verdict: no completion work ran on an isolated CPU"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn examples_fail_clearly_on_a_missing_device() {
+    for binary in [env!("CARGO_BIN_EXE_latency"), env!("CARGO_BIN_EXE_journal")] {
+        let output = run(binary, &["--device", "0000:ff:1f.7"]);
+        assert!(!output.status.success());
+        let message = stderr(&output);
+        assert!(message.contains("0000:ff:1f.7"), "{message}");
+        assert!(!message.contains("panicked"), "{message}");
+    }
+}
