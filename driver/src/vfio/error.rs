@@ -174,7 +174,7 @@ pub enum VfioError {
     /// The VFIO device nodes are missing.
     #[error(
         "{} does not exist: load the VFIO driver with `modprobe vfio-pci` (and check the \
-         IOMMU is enabled: intel_iommu=on / amd_iommu=on)", path.display()
+         IOMMU is enabled: VT-d/AMD-Vi in the firmware, and intel_iommu=on on Intel hosts)", path.display()
     )]
     VfioMissing {
         /// The node looked for.
