@@ -54,33 +54,62 @@ pub fn current_cpu() -> Option<usize> {
     usize::try_from(cpu).ok()
 }
 
-/// Waits until `fd` is readable or `timeout` passes; returns whether it is
-/// readable. Interrupted waits count as "not yet".
-pub fn wait_readable(
-    fd: std::os::fd::RawFd,
-    timeout: std::time::Duration,
-) -> std::io::Result<bool> {
-    let mut pollfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one valid pollfd for the duration of the call.
-    let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
-    if ready < 0 {
-        let error = std::io::Error::last_os_error();
-        if error.kind() == std::io::ErrorKind::Interrupted {
-            return Ok(false);
+/// A set of file descriptors waited on together (a completion thread
+/// serving several vectors sleeps on all their eventfds at once).
+#[derive(Debug)]
+pub struct ReadableSet {
+    pollfds: Vec<libc::pollfd>,
+}
+
+impl ReadableSet {
+    /// A set of the given descriptors, in order.
+    pub fn new(fds: impl IntoIterator<Item = std::os::fd::RawFd>) -> Self {
+        ReadableSet {
+            pollfds: fds
+                .into_iter()
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect(),
         }
-        return Err(error);
     }
-    Ok(ready > 0 && pollfd.revents & libc::POLLIN != 0)
+
+    /// Waits until at least one descriptor is readable or `timeout` passes;
+    /// returns whether any is. [`ReadableSet::is_ready`] then tells which.
+    /// Interrupted waits count as "not yet".
+    pub fn wait(&mut self, timeout: std::time::Duration) -> std::io::Result<bool> {
+        for pollfd in &mut self.pollfds {
+            pollfd.revents = 0;
+        }
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let count = libc::nfds_t::try_from(self.pollfds.len()).unwrap_or(libc::nfds_t::MAX);
+        // SAFETY: `pollfds` is a valid array of `count` pollfd structures
+        // that outlives the call; the kernel writes only their `revents`.
+        let ready = unsafe { libc::poll(self.pollfds.as_mut_ptr(), count, millis) };
+        if ready < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(error);
+        }
+        Ok(ready > 0)
+    }
+
+    /// Whether descriptor `index` was readable at the last wait.
+    pub fn is_ready(&self, index: usize) -> bool {
+        self.pollfds
+            .get(index)
+            .is_some_and(|pollfd| pollfd.revents & libc::POLLIN != 0)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn pinning_moves_the_thread() {
@@ -95,5 +124,18 @@ mod tests {
         .unwrap();
         assert!(pin_current_thread(&CpuSet::new()).is_err());
         assert!(pin_current_thread(&CpuSet::single(1 << 15)).is_err());
+    }
+
+    #[test]
+    fn a_readable_set_reports_which_descriptors_are_ready() {
+        let quiet = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let signalled = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut set = ReadableSet::new([quiet.as_raw_fd(), signalled.as_raw_fd()]);
+        assert!(!set.wait(std::time::Duration::ZERO).unwrap());
+        signalled.write(1).unwrap();
+        assert!(set.wait(std::time::Duration::from_secs(5)).unwrap());
+        assert!(!set.is_ready(0));
+        assert!(set.is_ready(1));
+        assert!(!set.is_ready(2));
     }
 }

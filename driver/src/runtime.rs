@@ -665,6 +665,8 @@ fn completion_thread(
     if let Some(first) = work.first() {
         pin_to(&targets(&work), first.state.vector);
     }
+    // One wait covers every vector this thread serves.
+    let mut interrupts = os::ReadableSet::new(work.iter().map(|w| w.state.eventfd.as_raw_fd()));
     let mut last_activity = Instant::now();
     while !stop.load(Ordering::Acquire) {
         let mut did_work = false;
@@ -695,14 +697,20 @@ fn completion_thread(
         // Shared SQs are fed by CPUs that must not make system calls, so
         // their thread keeps looking at the rings instead of sleeping long.
         let shared = work.iter().any(|w| w.shared.is_some());
-        if block && work.len() == 1 && !shared {
-            let state = &work[0].state;
-            match os::wait_readable(state.eventfd.as_raw_fd(), Duration::from_millis(50)) {
-                Ok(true) => {
-                    let _ = state.eventfd.read();
-                    state.counters.interrupts.fetch_add(1, Ordering::Relaxed);
+        if block && !shared {
+            match interrupts.wait(Duration::from_millis(50)) {
+                Ok(_) => {
+                    for (index, vector) in work.iter().enumerate() {
+                        if interrupts.is_ready(index) {
+                            let _ = vector.state.eventfd.read();
+                            vector
+                                .state
+                                .counters
+                                .interrupts
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
-                Ok(false) => {}
                 Err(error) => {
                     tracing::warn!(%error, "waiting for an interrupt failed; polling instead");
                     std::thread::sleep(Duration::from_micros(100));
