@@ -1,5 +1,14 @@
 //! Opening a controller by name: `sim[,options]` for the built-in
 //! simulated controller, a PCI address for a real device through VFIO.
+//!
+//! A PCI address may be followed by options:
+//!
+//! * `,noiommu`: open the device in VFIO's **unsafe** no-IOMMU mode, for
+//!   hosts without an IOMMU (`0000:01:00.0,noiommu`). The device can then
+//!   DMA anywhere in memory; isonvme refuses the option when the device is
+//!   behind a real IOMMU or the kernel's `enable_unsafe_noiommu_mode` is
+//!   off, and warns loudly when it is used. See
+//!   [`crate::vfio`](crate::vfio#no-iommu-mode-unsafe-explicit-only).
 
 use std::sync::Arc;
 
@@ -13,9 +22,17 @@ use crate::transport::Transport;
 pub enum DeviceName {
     /// The simulated controller with its options.
     Sim(SimOptions),
-    /// A PCI function (`0000:01:00.0`), normalised with its domain.
-    Pci(String),
+    /// A PCI function (`0000:01:00.0[,noiommu]`).
+    Pci {
+        /// The PCI address, normalised with its domain (`dddd:bb:dd.f`).
+        address: String,
+        /// `,noiommu`: VFIO's unsafe no-IOMMU mode was asked for.
+        noiommu: bool,
+    },
 }
+
+/// The options a PCI device name may carry after its address.
+const PCI_OPTIONS: &str = "`noiommu` (VFIO's unsafe no-IOMMU mode, for hosts without an IOMMU)";
 
 impl std::str::FromStr for DeviceName {
     type Err = Error;
@@ -28,12 +45,28 @@ impl std::str::FromStr for DeviceName {
                 .map(DeviceName::Sim)
                 .map_err(|e| Error::InvalidArgument(format!("device `{name}`: {e}")));
         }
-        if let Some(address) = parse_pci_address(name) {
-            return Ok(DeviceName::Pci(address));
+        let (head, options) = match name.split_once(',') {
+            Some((head, options)) => (head, Some(options)),
+            None => (name, None),
+        };
+        if let Some(address) = parse_pci_address(head) {
+            let mut noiommu = false;
+            for option in options.into_iter().flat_map(|o| o.split(',')) {
+                match option.trim() {
+                    "noiommu" => noiommu = true,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "device `{name}`: unknown option `{other}` after the PCI address; \
+                             the only option is {PCI_OPTIONS}"
+                        )))
+                    }
+                }
+            }
+            return Ok(DeviceName::Pci { address, noiommu });
         }
         Err(Error::InvalidArgument(format!(
             "device `{name}` is neither `sim[,key=value...]` nor a PCI address such as 0000:01:00.0 \
-             (list NVMe devices with `lspci -D -d ::0108`)"
+             (optionally followed by `,noiommu`; list NVMe devices with `lspci -D -d ::0108`)"
         )))
     }
 }
@@ -75,7 +108,13 @@ pub fn open_transport(name: &DeviceName) -> Result<Arc<dyn Transport>> {
                 .map_err(|e| Error::InvalidArgument(format!("simulated controller: {e}")))?;
             Ok(sim)
         }
-        DeviceName::Pci(address) => Ok(crate::vfio::VfioController::open(address)?),
+        DeviceName::Pci { address, noiommu } => {
+            let options = crate::vfio::VfioOptions {
+                noiommu: *noiommu,
+                ..crate::vfio::VfioOptions::default()
+            };
+            Ok(crate::vfio::VfioController::open_with(address, options)?)
+        }
     }
 }
 
@@ -117,6 +156,41 @@ mod tests {
         let error = "sim,bogus=1".parse::<DeviceName>().unwrap_err().to_string();
         assert!(error.contains("bogus"), "{error}");
         let error = "/dev/nvme0n1"
+            .parse::<DeviceName>()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("neither"), "{error}");
+    }
+
+    #[test]
+    fn pci_names_take_the_noiommu_option_and_nothing_else() {
+        let pci = |address: &str, noiommu| DeviceName::Pci {
+            address: address.to_owned(),
+            noiommu,
+        };
+        assert_eq!(
+            "1:0.0".parse::<DeviceName>().unwrap(),
+            pci("0000:01:00.0", false)
+        );
+        assert_eq!(
+            "0000:01:00.0,noiommu".parse::<DeviceName>().unwrap(),
+            pci("0000:01:00.0", true)
+        );
+        assert_eq!(
+            " 01:00.0, noiommu ".parse::<DeviceName>().unwrap(),
+            pci("0000:01:00.0", true)
+        );
+        for bad in [
+            "0000:01:00.0,iommu=off",
+            "0000:01:00.0,",
+            "0000:01:00.0,noiommu,x",
+        ] {
+            let error = bad.parse::<DeviceName>().unwrap_err().to_string();
+            assert!(error.contains("unknown option"), "{bad}: {error}");
+            assert!(error.contains("`noiommu`"), "{bad}: {error}");
+        }
+        // Options do not rescue a bad address.
+        let error = "0000:01:00,noiommu"
             .parse::<DeviceName>()
             .unwrap_err()
             .to_string();

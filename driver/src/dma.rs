@@ -7,7 +7,10 @@
 //! simulator translates the device's addresses through the same regions.
 //! Buffers are carved out of regions in 4 KiB frames by a buddy allocator,
 //! so every buffer is page-aligned and a buffer of 2^k pages is aligned to
-//! its size — which keeps PRP entries simple.
+//! its size — which keeps PRP entries simple. A buffer never spans two
+//! regions, which the VFIO back-end's no-IOMMU mode relies on: there each
+//! region is one 2 MiB hugepage whose IOVA is its physical address, so only
+//! memory inside one region is known to be physically contiguous.
 
 use std::sync::{Arc, Mutex};
 

@@ -113,7 +113,8 @@ pub enum SetupError {
          AMD-Vi/IOMMU (AMD) in the firmware setup and boot with `intel_iommu=on iommu=pt` \
          (Intel) or `iommu=pt` (AMD, whose IOMMU driver is on once the firmware enables it; \
          make sure nothing passes `amd_iommu=off`); check with \
-         `isonvme setup status`. isonvme does not support VFIO's no-IOMMU mode",
+         `isonvme setup status`. Without any IOMMU, VFIO's unsafe no-IOMMU mode is the only \
+         way (bind by hand and open `<BDF>,noiommu`; see docs/setup.md)",
         path.display(),
         if *noiommu_mode { " and vfio's enable_unsafe_noiommu_mode is on" } else { "" }
     )]

@@ -149,9 +149,9 @@ fn host_notes(host: &HostState, controllers: &[ControllerStatus]) -> Vec<String>
     }
     if host.iommu.noiommu_mode {
         notes.push(
-            "vfio's enable_unsafe_noiommu_mode is on: devices get no DMA protection, and \
-             isonvme refuses no-IOMMU groups; turn it off \
-             (`echo N > /sys/module/vfio/parameters/enable_unsafe_noiommu_mode`)"
+            "vfio's enable_unsafe_noiommu_mode is on: devices get no DMA protection; isonvme \
+             opens a no-IOMMU group only when asked (`<BDF>,noiommu`). Where an IOMMU \
+             exists, turn it off (`echo N > /sys/module/vfio/parameters/enable_unsafe_noiommu_mode`)"
                 .to_owned(),
         );
     }

@@ -98,6 +98,39 @@ fn show_limit(limit: Option<u64>) -> String {
     }
 }
 
+/// Locks `region` in memory (`mlock`), for no-IOMMU mode, where nothing
+/// in the kernel pins DMA memory for the device. Hugetlb pages are never
+/// swapped and the kernel does not count them as locked, but `mlock` still
+/// checks the locked-memory limit; it documents the intent and keeps the
+/// memory resident should the backing ever change.
+pub(crate) fn lock_memory(region: &MmapRegion<()>) -> io::Result<()> {
+    // SAFETY: the range is exactly the mapping `region` owns, mapped for
+    // as long as `region` lives; mlock reads no memory of this process.
+    let result = unsafe { libc::mlock(region.as_ptr().cast(), region.size()) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What to say when `mlock` of `size` bytes of DMA memory failed.
+pub(crate) fn mlock_advice(size: usize, error: &io::Error, limit: Option<MemlockLimit>) -> String {
+    let shown = match limit {
+        Some(limit) => format!(
+            "ulimit -l is {} (hard {})",
+            show_limit(limit.soft),
+            show_limit(limit.hard)
+        ),
+        None => "ulimit -l could not be read".to_owned(),
+    };
+    format!(
+        "locking {size} bytes of DMA memory (mlock) failed ({error}; {shown}): no-IOMMU mode \
+         hands the device physical addresses, so the memory must stay put. Run as root (which \
+         no-IOMMU mode needs anyway), or raise the limit with `ulimit -l unlimited`"
+    )
+}
+
 /// What to say when `VFIO_IOMMU_MAP_DMA` of `size` bytes at `iova` failed
 /// with `errno`, with `mapped` bytes already mapped.
 pub(crate) fn map_dma_advice(
@@ -223,12 +256,29 @@ mod tests {
     }
 
     #[test]
+    fn mlock_failures_name_the_limit() {
+        let limit = MemlockLimit {
+            soft: Some(64 << 10),
+            hard: Some(64 << 10),
+        };
+        let error = io::Error::from_raw_os_error(libc::ENOMEM);
+        let text = mlock_advice(HUGEPAGE, &error, Some(limit));
+        assert!(text.contains("ulimit -l is 64 KiB"), "{text}");
+        assert!(text.contains("Run as root"), "{text}");
+    }
+
+    #[test]
     fn hugepage_memory_is_zeroed_or_fails_with_an_os_error() {
         // Hosts running the tests may have no hugepages reserved: either
         // outcome is fine, but a failure must carry the OS error.
         match hugepage_memory(HUGEPAGE) {
             Ok(region) => {
                 assert_eq!(region.size(), HUGEPAGE);
+                // Locking may fail under a small memlock limit; it must
+                // say why rather than panic.
+                if let Err(error) = lock_memory(&region) {
+                    assert!(error.raw_os_error().is_some(), "{error}");
+                }
                 // SAFETY: the region is HUGEPAGE bytes, mapped and readable.
                 let first = unsafe { region.as_ptr().read_volatile() };
                 assert_eq!(first, 0);

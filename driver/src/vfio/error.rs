@@ -98,8 +98,10 @@ pub enum VfioError {
     /// The device has no IOMMU group: the host has no (enabled) IOMMU.
     #[error(
         "no IOMMU: {bdf} has no IOMMU group ({} is missing): enable VT-d/AMD-Vi in the \
-         firmware and boot with intel_iommu=on (Intel) and iommu=pt, or use no-IOMMU mode \
-         explicitly (VfioOptions::noiommu, unsafe: the device can write anywhere in memory)",
+         firmware and boot with intel_iommu=on (Intel) and iommu=pt, or, only on a machine \
+         you can afford to crash, ask for VFIO's unsafe no-IOMMU mode explicitly (device \
+         name `{bdf},noiommu`, or VfioOptions::noiommu): the device can then write anywhere \
+         in memory",
         path.display()
     )]
     NoIommu {
@@ -113,8 +115,9 @@ pub enum VfioError {
     #[error(
         "no IOMMU: {bdf} is in VFIO no-IOMMU group {group} (vfio's enable_unsafe_noiommu_mode \
          is on and the host has no IOMMU): enable VT-d/AMD-Vi in the firmware and boot with \
-         intel_iommu=on (Intel) and iommu=pt, or use no-IOMMU mode explicitly \
-         (VfioOptions::noiommu)"
+         intel_iommu=on (Intel) and iommu=pt, or, knowing the device can then write anywhere \
+         in memory, ask for no-IOMMU mode explicitly (device name `{bdf},noiommu`, or \
+         VfioOptions::noiommu)"
     )]
     NoIommuGroup {
         /// The PCI address.
@@ -122,16 +125,62 @@ pub enum VfioError {
         /// The group number.
         group: u32,
     },
-    /// No-IOMMU mode was asked for; this build does not implement it.
+    /// No-IOMMU mode was asked for, but the device is behind a real IOMMU.
     #[error(
-        "{bdf}: no-IOMMU mode was asked for, but this build of isonvme does not support it \
-         (it would hand the device physical addresses from /proc/self/pagemap with no \
-         protection at all): enable the IOMMU instead (VT-d/AMD-Vi in the firmware, \
-         intel_iommu=on iommu=pt on the kernel command line)"
+        "{bdf}: no-IOMMU mode was asked for, but the device is in IOMMU group {group} behind a \
+         real IOMMU, which confines its DMA: open it without `,noiommu` (and without \
+         VfioOptions::noiommu). No-IOMMU mode is only for hosts that have no IOMMU"
     )]
-    NoIommuUnsupported {
+    NoIommuNotNeeded {
         /// The PCI address.
         bdf: String,
+        /// The (real) IOMMU group.
+        group: u32,
+    },
+    /// No-IOMMU mode was asked for, but the kernel's VFIO does not offer it.
+    #[error(
+        "{bdf}: no-IOMMU mode was asked for, but {}", noiommu_off_advice(bdf, sysfs, *state)
+    )]
+    NoIommuModeOff {
+        /// The PCI address.
+        bdf: String,
+        /// What `enable_unsafe_noiommu_mode` looks like.
+        state: NoIommuParam,
+        /// The sysfs root (`/sys`).
+        sysfs: PathBuf,
+    },
+    /// No-IOMMU mode is on and the device is bound to vfio-pci, but it has
+    /// no group: it was bound before the mode was turned on.
+    #[error(
+        "{bdf}: no-IOMMU mode was asked for and vfio's enable_unsafe_noiommu_mode is on, but \
+         the device has no IOMMU group ({} is missing): vfio-pci creates the no-IOMMU group \
+         when it binds, so bind it again: `echo {bdf} > {}; echo {bdf} > {}`",
+        path.display(),
+        sysfs.join("bus/pci/drivers/vfio-pci/unbind").display(),
+        sysfs.join("bus/pci/drivers_probe").display()
+    )]
+    NoIommuNoGroup {
+        /// The PCI address.
+        bdf: String,
+        /// The `iommu_group` link looked for.
+        path: PathBuf,
+        /// The sysfs root (`/sys`).
+        sysfs: PathBuf,
+    },
+    /// The kernel refused a no-IOMMU operation for lack of privilege.
+    #[error(
+        "{bdf}: {what} was refused ({source}): VFIO's no-IOMMU mode needs CAP_SYS_RAWIO, and \
+         reading the physical addresses of DMA memory from /proc/self/pagemap needs \
+         CAP_SYS_ADMIN: run the program as root (there is no non-root no-IOMMU mode)"
+    )]
+    NoIommuNotPermitted {
+        /// The PCI address.
+        bdf: String,
+        /// What was being done.
+        what: String,
+        /// The OS error (EPERM or EACCES).
+        #[source]
+        source: io::Error,
     },
     /// Another device in the group is bound to a host driver.
     #[error(
@@ -240,8 +289,9 @@ impl VfioError {
             }
             VfioError::PermissionDenied { .. } => io::ErrorKind::PermissionDenied,
             VfioError::Busy { .. } => io::ErrorKind::ResourceBusy,
+            VfioError::NoIommuNotPermitted { .. } => io::ErrorKind::PermissionDenied,
             VfioError::NotNvme { .. }
-            | VfioError::NoIommuUnsupported { .. }
+            | VfioError::NoIommuModeOff { .. }
             | VfioError::Bar { .. } => io::ErrorKind::Unsupported,
             VfioError::Sysfs { source, .. } | VfioError::Io { source, .. } => source.kind(),
             _ => io::ErrorKind::Other,
@@ -273,6 +323,57 @@ fn list(members: &[GroupMember]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// What vfio's `enable_unsafe_noiommu_mode` parameter looks like in sysfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoIommuParam {
+    /// It reads `Y`.
+    On,
+    /// It reads `N`.
+    Off,
+    /// The vfio module is loaded but has no such parameter: the kernel was
+    /// built without `CONFIG_VFIO_NOIOMMU`.
+    Missing,
+    /// There is no vfio module in sysfs at all.
+    VfioNotLoaded,
+}
+
+/// The rest of the message when no-IOMMU mode is unavailable: why, and
+/// the fix.
+fn noiommu_off_advice(bdf: &str, sysfs: &Path, state: NoIommuParam) -> String {
+    let param = sysfs.join("module/vfio/parameters/enable_unsafe_noiommu_mode");
+    let rebind = format!(
+        "then bind {bdf} to vfio-pci (`isonvme setup bind` refuses devices without an IOMMU \
+         group; by hand: {})",
+        bind_commands(sysfs, bdf)
+    );
+    match state {
+        NoIommuParam::On => format!(
+            "vfio's enable_unsafe_noiommu_mode is on ({} reads Y) and yet the device is not \
+             usable in no-IOMMU mode; {rebind}",
+            param.display()
+        ),
+        NoIommuParam::Off => format!(
+            "vfio's enable_unsafe_noiommu_mode is off ({} reads N): turn it on with \
+             `echo 1 > {}` (or boot with vfio.enable_unsafe_noiommu_mode=1, or put `options \
+             vfio enable_unsafe_noiommu_mode=1` in /etc/modprobe.d/), {rebind}",
+            param.display(),
+            param.display()
+        ),
+        NoIommuParam::Missing => format!(
+            "this kernel's vfio module has no enable_unsafe_noiommu_mode parameter ({} is \
+             missing): it was built without CONFIG_VFIO_NOIOMMU (Debian's kernels, for one). \
+             Use a kernel built with it, or better, enable the IOMMU (VT-d/AMD-Vi in the \
+             firmware, intel_iommu=on)",
+            param.display()
+        ),
+        NoIommuParam::VfioNotLoaded => format!(
+            "the vfio module is not loaded ({} does not exist): load it with `modprobe vfio \
+             enable_unsafe_noiommu_mode=1`, {rebind}",
+            sysfs.join("module/vfio").display()
+        ),
+    }
 }
 
 /// The manual commands that move a bound device to vfio-pci.

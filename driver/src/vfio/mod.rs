@@ -23,10 +23,38 @@
 //! Dropping the controller disables MSI-X, turns bus mastering off, unmaps
 //! all DMA memory from the IOMMU and resets the device.
 //!
-//! Not implemented: no-IOMMU mode ([`VfioOptions::noiommu`] is refused with
-//! a clear error), the iommufd/cdev route (`vfio-ioctls` 0.5 only drives the
-//! legacy container/group interface), and a 4 KiB-page fallback when there
-//! are no hugepages.
+//! # No-IOMMU mode (unsafe, explicit only)
+//!
+//! On a host without an IOMMU, VFIO can still hand a device to userspace
+//! when the `vfio` module's `enable_unsafe_noiommu_mode` parameter is on:
+//! vfio-pci then puts the device in a made-up group, `/dev/vfio/noiommu-N`.
+//! Nothing confines the device's DMA in that mode, so isonvme uses it only
+//! when asked: the device name `0000:01:00.0,noiommu` (see
+//! [`crate::device`]) or [`VfioOptions::noiommu`]. It then
+//!
+//! * refuses if the device is behind a real IOMMU
+//!   ([`VfioError::NoIommuNotNeeded`]) or the mode is off
+//!   ([`VfioError::NoIommuModeOff`]), naming the fix;
+//! * warns loudly (a `tracing` warning on every open, and once per process
+//!   on stderr) that the device can reach all memory;
+//! * opens the group with raw ioctls and sets the container to
+//!   `VFIO_NOIOMMU_IOMMU` (`vfio-ioctls` cannot);
+//! * gives DMA memory no IOMMU mapping: each region is 2 MiB hugepages,
+//!   locked with `mlock`, whose physical address (from `/proc/self/pagemap`,
+//!   checked to be one contiguous range) is its IOVA. The DMA pool maps one
+//!   hugepage per chunk and never hands out a buffer across chunks, so every
+//!   buffer and every PRP entry is physically contiguous.
+//!
+//! It needs root: CAP_SYS_RAWIO for the group, CAP_SYS_ADMIN to read
+//! physical addresses. The kernel taints itself when such a device is
+//! opened. Hugetlb pages are not migrated in normal operation, but nothing
+//! pins them for the device the way `VFIO_IOMMU_MAP_DMA` does: do not
+//! offline memory or allocate gigantic pages at run time while a no-IOMMU
+//! device is open.
+//!
+//! Not implemented: the iommufd/cdev route (`vfio-ioctls` 0.5 only drives
+//! the legacy container/group interface), and a 4 KiB-page fallback when
+//! there are no hugepages.
 //!
 //! ```no_run
 //! use isonvme::transport::Transport;
@@ -41,6 +69,8 @@ mod bar;
 mod dma;
 mod error;
 mod iova;
+mod noiommu;
+mod pagemap;
 mod sysfs;
 
 use std::fs::File;
@@ -48,14 +78,14 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 
 use isonvme_mapping::CpuSet;
 use vfio_bindings::bindings::vfio::{
     VFIO_BASE, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
     VFIO_TYPE,
 };
-use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps, VfioRegionInfoCap};
 use vm_memory::{GuestAddress, GuestRegionMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
@@ -65,12 +95,14 @@ use crate::irq::{HostIrqs, IrqError};
 use crate::mmio::Mmio;
 use crate::transport::{AffinityOutcome, DmaMapper, Transport, TransportError};
 
-pub use error::{GroupMember, VfioError};
+pub use error::{GroupMember, NoIommuParam, VfioError};
 pub use iova::{IommuInfo, MSI_WINDOW};
 pub use sysfs::{HugePages, PciFunction, PciSysfs, KERNEL_NVME, NVME_CLASS, VFIO_PCI};
 
 use bar::BarMapping;
 use iova::IovaSpace;
+use noiommu::NoIommuDevice;
+use pagemap::Pagemap;
 
 /// `VFIO_DEVICE_RESET`: `_IO(VFIO_TYPE, VFIO_BASE + 11)`.
 const VFIO_DEVICE_RESET: libc::c_ulong =
@@ -90,9 +122,12 @@ const COMMAND_BUS_MASTER: u16 = 1 << 2;
 /// How to open a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VfioOptions {
-    /// Use VFIO's no-IOMMU mode (no DMA protection at all). Must be asked
-    /// for explicitly; this build refuses it with
-    /// [`VfioError::NoIommuUnsupported`].
+    /// Use VFIO's unsafe no-IOMMU mode: no DMA protection at all, DMA
+    /// addresses are physical addresses (see the [module
+    /// documentation](self#no-iommu-mode-unsafe-explicit-only)). Off by
+    /// default; the device name suffix `,noiommu` turns it on too. Refused
+    /// when the device is behind a real IOMMU or the kernel's
+    /// `enable_unsafe_noiommu_mode` is off.
     pub noiommu: bool,
     /// Where sysfs is (`/sys`).
     pub sysfs_root: PathBuf,
@@ -110,7 +145,101 @@ impl Default for VfioOptions {
     }
 }
 
-/// One region of DMA memory mapped through the IOMMU.
+/// What VFIO says about one region of the device (config space, a BAR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RegionInfo {
+    /// `VFIO_REGION_INFO_FLAG_*`.
+    pub(crate) flags: u32,
+    /// Size in bytes (0: no such region).
+    pub(crate) size: u64,
+    /// Offset of the region in the device fd.
+    pub(crate) offset: u64,
+    /// Capabilities (sparse mmap areas...).
+    pub(crate) caps: Vec<VfioRegionInfoCap>,
+}
+
+/// How the device was opened, which decides how DMA memory gets its
+/// device address.
+enum Access {
+    /// Through the IOMMU: `vfio-ioctls`' type1v2 container; DMA memory
+    /// is mapped with `VFIO_IOMMU_MAP_DMA`. Field order is drop order: the
+    /// device before the container.
+    Iommu {
+        device: VfioDevice,
+        container: Arc<VfioContainer>,
+    },
+    /// VFIO's no-IOMMU mode: raw ioctls; DMA addresses are physical.
+    NoIommu(NoIommuDevice),
+}
+
+impl Access {
+    fn device_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Access::Iommu { device, .. } => device.as_raw_fd(),
+            Access::NoIommu(device) => device.file().as_raw_fd(),
+        }
+    }
+
+    fn region(&self, index: u32) -> io::Result<RegionInfo> {
+        match self {
+            Access::Iommu { device, .. } => Ok(RegionInfo {
+                flags: device.get_region_flags(index),
+                size: device.get_region_size(index),
+                offset: device.get_region_offset(index),
+                caps: device.get_region_caps(index),
+            }),
+            Access::NoIommu(device) => device.region(index),
+        }
+    }
+
+    fn msix_count(&self) -> u32 {
+        match self {
+            Access::Iommu { device, .. } => device
+                .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
+                .map(|info| info.count)
+                .unwrap_or(0),
+            Access::NoIommu(device) => device.irq_count(VFIO_PCI_MSIX_IRQ_INDEX).unwrap_or(0),
+        }
+    }
+
+    fn enable_msix(&self, fds: &[&EventFd]) -> Result<(), String> {
+        match self {
+            Access::Iommu { device, .. } => device.enable_msix(fds.to_vec()).map_err(|e| {
+                let os = io::Error::last_os_error();
+                format!("{e} (last OS error: {os})")
+            }),
+            Access::NoIommu(device) => device.set_msix(fds).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn disable_msix(&self) -> Result<(), String> {
+        match self {
+            Access::Iommu { device, .. } => device.disable_msix().map_err(|e| e.to_string()),
+            Access::NoIommu(device) => device.set_msix(&[]).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The warning no-IOMMU mode earns, on every open through `tracing` and
+/// once per process on stderr (where it is seen even without a
+/// subscriber).
+fn warn_noiommu(bdf: &str, group: u32) {
+    const RISK: &str = "nothing confines its DMA: the device (or a bug in isonvme) can read and \
+                        write ANY physical memory, the kernel's included. DMA addresses are \
+                        physical addresses from /proc/self/pagemap. Use this only on a machine \
+                        you can afford to crash; enable the IOMMU (VT-d/AMD-Vi, intel_iommu=on) \
+                        for anything else";
+    tracing::warn!(bdf, group, "UNSAFE: opened in VFIO no-IOMMU mode: {RISK}");
+    static STDERR: Once = Once::new();
+    STDERR.call_once(|| {
+        eprintln!(
+            "isonvme: WARNING: {bdf} opened in VFIO no-IOMMU mode (UNSAFE, group \
+             /dev/vfio/noiommu-{group}): {RISK}"
+        );
+    });
+}
+
+/// One region of DMA memory mapped for the device.
 struct Mapping {
     iova: u64,
     size: u64,
@@ -119,7 +248,9 @@ struct Mapping {
 }
 
 struct DmaState {
-    space: IovaSpace,
+    /// Where IOVAs come from; `None` in no-IOMMU mode, where the IOVA is
+    /// the physical address.
+    space: Option<IovaSpace>,
     mappings: Vec<Mapping>,
     mapped_bytes: u64,
 }
@@ -141,10 +272,9 @@ pub struct VfioController {
     vectors: Mutex<Vec<Arc<EventFd>>>,
     // Field order is drop order: the duplicate device fd closes before
     // the device (so vfio-ioctls can release the group), the device before
-    // the container.
+    // the container (inside `access`).
     device_file: File,
-    device: VfioDevice,
-    container: Arc<VfioContainer>,
+    access: Access,
 }
 
 impl VfioController {
@@ -159,24 +289,37 @@ impl VfioController {
         address: &str,
         options: VfioOptions,
     ) -> Result<Arc<VfioController>, VfioError> {
-        let bdf = match address.parse::<DeviceName>() {
-            Ok(DeviceName::Pci(bdf)) => bdf,
+        // The address may carry the `,noiommu` option of device names; it
+        // adds to the options, never removes.
+        let (bdf, noiommu) = match address.parse::<DeviceName>() {
+            Ok(DeviceName::Pci { address, noiommu }) => (address, noiommu || options.noiommu),
             _ => return Err(VfioError::InvalidAddress(address.to_owned())),
         };
         let sysfs = PciSysfs::new(&options.sysfs_root);
-        let (function, group) = sysfs.check_vfio_ready(&bdf, options.noiommu)?;
+        let (function, group) = sysfs.check_vfio_ready(&bdf, noiommu)?;
 
-        let container = Arc::new(
-            VfioContainer::new(None).map_err(|error| container_error(&bdf, group, error))?,
-        );
-        let ops: Arc<dyn VfioOps> = container.clone();
-        let device = VfioDevice::new(&function.path, ops)
-            .map_err(|error| device_error(&sysfs, &bdf, group, error))?;
+        let access = if noiommu {
+            warn_noiommu(&bdf, group);
+            let mode_off = || VfioError::NoIommuModeOff {
+                bdf: bdf.clone(),
+                state: sysfs.noiommu_param(),
+                sysfs: sysfs.root().to_path_buf(),
+            };
+            Access::NoIommu(NoIommuDevice::open(&bdf, group, mode_off)?)
+        } else {
+            let container = Arc::new(
+                VfioContainer::new(None).map_err(|error| container_error(&bdf, group, error))?,
+            );
+            let ops: Arc<dyn VfioOps> = container.clone();
+            let device = VfioDevice::new(&function.path, ops)
+                .map_err(|error| device_error(&sysfs, &bdf, group, error))?;
+            Access::Iommu { device, container }
+        };
         // A second fd for the device, for pread/pwrite, mmap and the ioctls
         // vfio-ioctls does not wrap.
-        // SAFETY: the raw fd belongs to `device`, which is alive for the
+        // SAFETY: the raw fd belongs to `access`, which is alive for the
         // whole borrow; the borrow is only used to duplicate it.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(device.as_raw_fd()) };
+        let borrowed = unsafe { BorrowedFd::borrow_raw(access.device_fd()) };
         let device_file =
             File::from(
                 borrowed
@@ -195,16 +338,19 @@ impl VfioController {
             tracing::debug!(%bdf, %error, "VFIO_DEVICE_RESET not done; relying on the NVMe controller reset");
         }
 
-        let config_offset = device.get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX);
         let config_error = |reason: String| VfioError::Config {
             bdf: bdf.clone(),
             reason,
         };
-        if device.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX) < 64 {
+        let config = access
+            .region(VFIO_PCI_CONFIG_REGION_INDEX)
+            .map_err(|e| config_error(format!("VFIO_DEVICE_GET_REGION_INFO: {e}")))?;
+        if config.size < 64 {
             return Err(config_error(
                 "VFIO reports no configuration space region".to_owned(),
             ));
         }
+        let config_offset = config.offset;
         let vendor = config_read16(&device_file, config_offset, PCI_VENDOR_ID)
             .map_err(|e| config_error(format!("reading the vendor ID: {e}")))?;
         if vendor == 0xffff {
@@ -233,20 +379,25 @@ impl VfioController {
             )));
         }
 
-        let registers = map_registers(&bdf, &device, &device_file)?;
+        let registers = map_registers(&bdf, &access, &device_file)?;
 
-        let iommu = iommu_info(container.as_ref()).unwrap_or_else(|error| {
-            tracing::warn!(%bdf, %error, "VFIO_IOMMU_GET_INFO failed; assuming IOVAs from 4 GiB to 2^39");
-            IommuInfo::default()
-        });
-        let align = iommu.min_page_size().max(dma::HUGEPAGE as u64);
-        let space = IovaSpace::new(iommu.iova_ranges.as_deref(), align, dma::HUGEPAGE as u64);
-        tracing::debug!(%bdf, ranges = ?iommu.iova_ranges, usable = ?space.segments(), "IOVA space");
+        let (iommu, space) = match &access {
+            Access::Iommu { container, .. } => {
+                let iommu = iommu_info(container.as_ref()).unwrap_or_else(|error| {
+                    tracing::warn!(%bdf, %error, "VFIO_IOMMU_GET_INFO failed; assuming IOVAs from 4 GiB to 2^39");
+                    IommuInfo::default()
+                });
+                let align = iommu.min_page_size().max(dma::HUGEPAGE as u64);
+                let space =
+                    IovaSpace::new(iommu.iova_ranges.as_deref(), align, dma::HUGEPAGE as u64);
+                tracing::debug!(%bdf, ranges = ?iommu.iova_ranges, usable = ?space.segments(), "IOVA space");
+                (iommu, Some(space))
+            }
+            // No IOMMU, no IOVA space: DMA addresses are physical.
+            Access::NoIommu(_) => (IommuInfo::default(), None),
+        };
 
-        let max_vectors = device
-            .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
-            .map(|info| u16::try_from(info.count).unwrap_or(u16::MAX))
-            .unwrap_or(0);
+        let max_vectors = u16::try_from(access.msix_count()).unwrap_or(u16::MAX);
         if max_vectors == 0 {
             tracing::warn!(%bdf, "the device reports no MSI-X vectors; only polled completions will work");
         }
@@ -276,8 +427,7 @@ impl VfioController {
             }),
             vectors: Mutex::new(Vec::new()),
             device_file,
-            device,
-            container,
+            access,
         }))
     }
 
@@ -296,12 +446,20 @@ impl VfioController {
         &self.function
     }
 
-    /// What the IOMMU reported (page sizes, valid IOVA ranges).
+    /// What the IOMMU reported (page sizes, valid IOVA ranges); empty in
+    /// no-IOMMU mode.
     pub fn iommu_info(&self) -> &IommuInfo {
         &self.iommu
     }
 
-    /// Bytes of DMA memory currently mapped through the IOMMU.
+    /// Whether the device was opened in VFIO's unsafe no-IOMMU mode (DMA
+    /// addresses are physical addresses, nothing confines the device).
+    pub fn is_noiommu(&self) -> bool {
+        matches!(self.access, Access::NoIommu(_))
+    }
+
+    /// Bytes of DMA memory currently mapped for the device (through the
+    /// IOMMU, or locked and translated in no-IOMMU mode).
     pub fn dma_mapped_bytes(&self) -> u64 {
         self.dma
             .lock()
@@ -328,32 +486,62 @@ impl DmaMapper for VfioController {
         })?;
         let host = memory.as_ptr() as u64;
         let mut state = self.dma.lock().unwrap_or_else(|e| e.into_inner());
-        let iova = state.space.alloc(size as u64).ok_or_else(|| {
-            fail(format!(
-                "the IOMMU's IOVA space is exhausted ({} bytes mapped already; usable ranges \
-                 {:x?})",
-                state.mapped_bytes, self.iommu.iova_ranges
-            ))
-        })?;
+        let container = match &self.access {
+            Access::Iommu { container, .. } => Some(container),
+            Access::NoIommu(_) => None,
+        };
+        let iova = if container.is_some() {
+            let mapped = state.mapped_bytes;
+            state
+                .space
+                .as_mut()
+                .and_then(|space| space.alloc(size as u64))
+                .ok_or_else(|| {
+                    fail(format!(
+                        "the IOMMU's IOVA space is exhausted ({mapped} bytes mapped already; \
+                         usable ranges {:x?})",
+                        self.iommu.iova_ranges
+                    ))
+                })?
+        } else {
+            // No IOMMU: the device gets the physical address. The memory
+            // is locked, then translated; the pool asks for one hugepage
+            // at a time, which is always contiguous, and a larger request
+            // is refused unless its hugepages happen to be contiguous.
+            dma::lock_memory(&memory).map_err(|error| {
+                fail(dma::mlock_advice(
+                    size,
+                    &error,
+                    dma::memlock_limit(&self.proc_root),
+                ))
+            })?;
+            Pagemap::open(&self.proc_root)
+                .and_then(|pagemap| {
+                    pagemap.contiguous_range(host, size as u64, dma::HUGEPAGE as u64)
+                })
+                .map_err(|error| fail(error.to_string()))?
+        };
         let region = Arc::new(
             GuestRegionMmap::new(memory, GuestAddress(iova))
                 .map_err(|e| fail(format!("IOVA {iova:#x}: {e}")))?,
         );
-        self.container
-            .vfio_dma_map(iova, size as u64, host)
-            .map_err(|error| {
-                let errno = match &error {
-                    vfio_ioctls::VfioError::IommuDmaMap(e) => e.errno(),
-                    _ => 0,
-                };
-                fail(dma::map_dma_advice(
-                    size as u64,
-                    iova,
-                    errno,
-                    dma::memlock_limit(&self.proc_root),
-                    state.mapped_bytes,
-                ))
-            })?;
+        if let Some(container) = container {
+            container
+                .vfio_dma_map(iova, size as u64, host)
+                .map_err(|error| {
+                    let errno = match &error {
+                        vfio_ioctls::VfioError::IommuDmaMap(e) => e.errno(),
+                        _ => 0,
+                    };
+                    fail(dma::map_dma_advice(
+                        size as u64,
+                        iova,
+                        errno,
+                        dma::memlock_limit(&self.proc_root),
+                        state.mapped_bytes,
+                    ))
+                })?;
+        }
         state.mapped_bytes += size as u64;
         state.mappings.push(Mapping {
             iova,
@@ -389,7 +577,7 @@ impl Transport for VfioController {
         let mut enabled = self.vectors.lock().unwrap_or_else(|e| e.into_inner());
         // Older kernels refuse to grow an enabled MSI-X set: start over.
         if !enabled.is_empty() {
-            self.device.disable_msix().map_err(|e| {
+            self.access.disable_msix().map_err(|e| {
                 fail(format!(
                     "disabling the previous {} vectors: {e}",
                     enabled.len()
@@ -407,14 +595,12 @@ impl Transport for VfioController {
                 what: "creating an interrupt eventfd".to_owned(),
                 source,
             })?;
-        self.device
-            .enable_msix(fds.iter().map(|fd| fd.as_ref()).collect())
-            .map_err(|e| {
-                let os = io::Error::last_os_error();
-                fail(format!(
-                    "VFIO_DEVICE_SET_IRQS for MSI-X vectors 0..{count}: {e} (last OS error: {os})"
-                ))
-            })?;
+        let borrowed: Vec<&EventFd> = fds.iter().map(|fd| fd.as_ref()).collect();
+        self.access.enable_msix(&borrowed).map_err(|e| {
+            fail(format!(
+                "VFIO_DEVICE_SET_IRQS for MSI-X vectors 0..{count}: {e}"
+            ))
+        })?;
         enabled.clone_from(&fds);
         Ok(fds)
     }
@@ -468,7 +654,7 @@ impl Drop for VfioController {
         let bdf = &self.bdf;
         let vectors = self.vectors.get_mut().unwrap_or_else(|e| e.into_inner());
         if !vectors.is_empty() {
-            if let Err(error) = self.device.disable_msix() {
+            if let Err(error) = self.access.disable_msix() {
                 tracing::warn!(%bdf, %error, "disabling MSI-X failed");
             }
             vectors.clear();
@@ -485,8 +671,13 @@ impl Drop for VfioController {
         }
         let state = self.dma.get_mut().unwrap_or_else(|e| e.into_inner());
         for mapping in state.mappings.drain(..) {
-            if let Err(error) = self.container.vfio_dma_unmap(mapping.iova, mapping.size) {
-                tracing::warn!(%bdf, iova = mapping.iova, %error, "unmapping DMA memory failed");
+            // In no-IOMMU mode there is nothing to unmap: the memory is
+            // freed when its last region handle drops (bus mastering is
+            // off by then).
+            if let Access::Iommu { container, .. } = &self.access {
+                if let Err(error) = container.vfio_dma_unmap(mapping.iova, mapping.size) {
+                    tracing::warn!(%bdf, iova = mapping.iova, %error, "unmapping DMA memory failed");
+                }
             }
         }
         state.mapped_bytes = 0;
@@ -503,32 +694,30 @@ impl std::fmt::Debug for VfioController {
             .field("group", &self.group)
             .field("bar0", &self.registers.len())
             .field("max_vectors", &self.max_vectors)
+            .field("noiommu", &self.is_noiommu())
             .finish_non_exhaustive()
     }
 }
 
 /// Maps the part of BAR0 holding the registers and doorbells, and checks
 /// the controller answers.
-fn map_registers(bdf: &str, device: &VfioDevice, file: &File) -> Result<Mmio, VfioError> {
+fn map_registers(bdf: &str, access: &Access, file: &File) -> Result<Mmio, VfioError> {
     let bar_error = |reason: String| VfioError::Bar {
         bdf: bdf.to_owned(),
         reason,
     };
-    let index = VFIO_PCI_BAR0_REGION_INDEX;
-    let window = bar::choose_window(
-        device.get_region_size(index),
-        device.get_region_flags(index),
-        &device.get_region_caps(index),
-    )
-    .map_err(bar_error)?;
+    let region = access
+        .region(VFIO_PCI_BAR0_REGION_INDEX)
+        .map_err(|e| bar_error(format!("VFIO_DEVICE_GET_REGION_INFO: {e}")))?;
+    let window = bar::choose_window(region.size, region.flags, &region.caps).map_err(bar_error)?;
     let len = usize::try_from(window.len).map_err(|_| {
         bar_error(format!(
             "{:#x} bytes do not fit the address space",
             window.len
         ))
     })?;
-    let offset = device
-        .get_region_offset(index)
+    let offset = region
+        .offset
         .checked_add(window.offset)
         .ok_or_else(|| bar_error("region offset overflows".to_owned()))?;
     let mapping = Arc::new(
@@ -754,17 +943,43 @@ mod tests {
         let text = error.to_string();
         assert!(text.contains("isonvme setup bind 0000:02:00.0"), "{text}");
 
+        // A no-IOMMU group without the option: refused, naming the option.
         fake.add("0000:03:00.0", NVME_CLASS, Some(VFIO_PCI), Some(0));
         fake.make_noiommu(0);
+        let error = VfioController::open_with("0000:03:00.0", options(&fake)).unwrap_err();
+        assert!(
+            matches!(error, VfioError::NoIommuGroup { group: 0, .. }),
+            "{error}"
+        );
+        // With it (as an option or in the name), but the mode is off in
+        // this (fake) kernel: refused before VFIO is touched.
+        fake.noiommu_param(Some("N"));
         let noiommu = VfioOptions {
             noiommu: true,
             ..options(&fake)
         };
         let error = VfioController::open_with("0000:03:00.0", noiommu).unwrap_err();
         assert!(
-            matches!(error, VfioError::NoIommuUnsupported { .. }),
+            matches!(
+                error,
+                VfioError::NoIommuModeOff {
+                    state: NoIommuParam::Off,
+                    ..
+                }
+            ),
             "{error}"
         );
+        let error = VfioController::open_with("0000:03:00.0,noiommu", options(&fake)).unwrap_err();
+        assert!(matches!(error, VfioError::NoIommuModeOff { .. }), "{error}");
+        // Behind a real IOMMU the option is refused.
+        fake.add("0000:04:00.0", NVME_CLASS, Some(VFIO_PCI), Some(4));
+        let error = VfioController::open_with("0000:04:00.0,noiommu", options(&fake)).unwrap_err();
+        assert!(
+            matches!(error, VfioError::NoIommuNotNeeded { group: 4, .. }),
+            "{error}"
+        );
+        let error: crate::Error = error.into();
+        assert!(error.to_string().contains("without `,noiommu`"), "{error}");
     }
 
     #[test]

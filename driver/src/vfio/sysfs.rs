@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::error::{GroupMember, VfioError};
+use super::error::{GroupMember, NoIommuParam, VfioError};
 
 /// PCI class code of an NVMe controller: mass storage (0x01),
 /// non-volatile memory (0x08), NVMe programming interface (0x02).
@@ -161,10 +161,28 @@ impl PciSysfs {
             .unwrap_or(false)
     }
 
+    /// What vfio's `enable_unsafe_noiommu_mode` parameter says.
+    pub fn noiommu_param(&self) -> NoIommuParam {
+        let module = self.root.join("module/vfio");
+        match read_trimmed(&module.join("parameters/enable_unsafe_noiommu_mode")) {
+            // Bool module parameters read Y or N; 1 is accepted for safety.
+            Ok(value) if value == "Y" || value == "1" => NoIommuParam::On,
+            Ok(_) => NoIommuParam::Off,
+            Err(_) if module.exists() => NoIommuParam::Missing,
+            Err(_) => NoIommuParam::VfioNotLoaded,
+        }
+    }
+
     /// Every check that can be made before opening VFIO, in the order a
     /// user fixes them: the device exists, is an NVMe controller, is bound
     /// to vfio-pci, has an IOMMU group (a real one unless `noiommu`), and
     /// the group is viable. Returns the function and its group.
+    ///
+    /// With `noiommu` (VFIO's unsafe no-IOMMU mode, asked for explicitly)
+    /// the device must *not* be behind a real IOMMU, and vfio's
+    /// `enable_unsafe_noiommu_mode` must be on; both are checked before the
+    /// driver, because their fixes come first (the mode decides whether
+    /// vfio-pci can take the device at all).
     pub fn check_vfio_ready(
         &self,
         bdf: &str,
@@ -177,6 +195,24 @@ impl PciSysfs {
                 bdf: owned(),
                 class: function.class,
             });
+        }
+        if noiommu {
+            if let Some(group) = function.iommu_group {
+                if !self.is_noiommu_group(group) {
+                    return Err(VfioError::NoIommuNotNeeded {
+                        bdf: owned(),
+                        group,
+                    });
+                }
+            }
+            let state = self.noiommu_param();
+            if state != NoIommuParam::On {
+                return Err(VfioError::NoIommuModeOff {
+                    bdf: owned(),
+                    state,
+                    sysfs: self.root.clone(),
+                });
+            }
         }
         match function.driver.as_deref() {
             Some(VFIO_PCI) => {}
@@ -201,26 +237,22 @@ impl PciSysfs {
             }
         }
         let Some(group) = function.iommu_group else {
-            return Err(VfioError::NoIommu {
-                bdf: owned(),
-                path: function.path.join("iommu_group"),
+            let path = function.path.join("iommu_group");
+            return Err(if noiommu {
+                VfioError::NoIommuNoGroup {
+                    bdf: owned(),
+                    path,
+                    sysfs: self.root.clone(),
+                }
+            } else {
+                VfioError::NoIommu { bdf: owned(), path }
             });
         };
-        if self.is_noiommu_group(group) {
-            if !noiommu {
-                return Err(VfioError::NoIommuGroup {
-                    bdf: owned(),
-                    group,
-                });
-            }
-            return Err(VfioError::NoIommuUnsupported { bdf: owned() });
-        }
-        if noiommu {
-            tracing::warn!(
-                bdf,
+        if !noiommu && self.is_noiommu_group(group) {
+            return Err(VfioError::NoIommuGroup {
+                bdf: owned(),
                 group,
-                "no-IOMMU mode was asked for, but the device has a real IOMMU group: using the IOMMU"
-            );
+            });
         }
         let others: Vec<GroupMember> = self
             .group_members(group)?
@@ -346,6 +378,17 @@ pub(crate) mod fake {
             std::fs::write(dir.join("name"), "vfio-noiommu\n").unwrap();
         }
 
+        /// Sets vfio's `enable_unsafe_noiommu_mode` (`Some("Y")`, `Some("N")`),
+        /// or creates the vfio module without the parameter (`None`).
+        pub(crate) fn noiommu_param(&self, value: Option<&str>) {
+            let dir = self.root().join("module/vfio/parameters");
+            std::fs::create_dir_all(&dir).unwrap();
+            if let Some(value) = value {
+                std::fs::write(dir.join("enable_unsafe_noiommu_mode"), format!("{value}\n"))
+                    .unwrap();
+            }
+        }
+
         /// Writes the 2 MiB hugepage counters.
         pub(crate) fn hugepages(&self, total: u64, free: u64) {
             let dir = self.root().join("kernel/mm/hugepages/hugepages-2048kB");
@@ -445,17 +488,96 @@ mod tests {
         let fake = FakeSysfs::new();
         fake.add(BDF, NVME_CLASS, Some(VFIO_PCI), Some(0));
         fake.make_noiommu(0);
+        fake.noiommu_param(Some("Y"));
         let error = check(&fake, false).unwrap_err();
         assert!(
             matches!(error, VfioError::NoIommuGroup { group: 0, .. }),
             "{error}"
         );
+        let text = error.to_string();
+        assert!(text.contains("0000:01:00.0,noiommu"), "{text}");
+        // Asked for explicitly, with the mode on, the group is accepted.
+        let (function, group) = check(&fake, true).unwrap();
+        assert_eq!((function.bdf.as_str(), group), (BDF, 0));
+    }
+
+    #[test]
+    fn noiommu_is_refused_behind_a_real_iommu() {
+        let fake = FakeSysfs::new();
+        // Even bound to nvme: the fix (drop `,noiommu`) comes first.
+        fake.add(BDF, NVME_CLASS, Some(KERNEL_NVME), Some(7));
+        fake.noiommu_param(Some("Y"));
         let error = check(&fake, true).unwrap_err();
         assert!(
-            matches!(error, VfioError::NoIommuUnsupported { .. }),
+            matches!(error, VfioError::NoIommuNotNeeded { group: 7, .. }),
             "{error}"
         );
-        assert!(error.to_string().contains("not support"), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("real IOMMU"), "{text}");
+        assert!(text.contains("without `,noiommu`"), "{text}");
+    }
+
+    #[test]
+    fn noiommu_needs_the_module_parameter_and_names_the_fix() {
+        // No IOMMU, device left unbound because vfio-pci could not take it.
+        let fake = FakeSysfs::new();
+        fake.add(BDF, NVME_CLASS, None, None);
+        let sysfs = PciSysfs::new(fake.root());
+        assert_eq!(sysfs.noiommu_param(), NoIommuParam::VfioNotLoaded);
+        let text = check(&fake, true).unwrap_err().to_string();
+        assert!(
+            text.contains("modprobe vfio enable_unsafe_noiommu_mode=1"),
+            "{text}"
+        );
+        assert!(text.contains("drivers_probe"), "{text}");
+
+        fake.noiommu_param(None);
+        assert_eq!(sysfs.noiommu_param(), NoIommuParam::Missing);
+        let text = check(&fake, true).unwrap_err().to_string();
+        assert!(text.contains("CONFIG_VFIO_NOIOMMU"), "{text}");
+
+        fake.noiommu_param(Some("N"));
+        assert_eq!(sysfs.noiommu_param(), NoIommuParam::Off);
+        let error = check(&fake, true).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                VfioError::NoIommuModeOff {
+                    state: NoIommuParam::Off,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let text = error.to_string();
+        assert!(text.contains("reads N"), "{text}");
+        assert!(
+            text.contains("module/vfio/parameters/enable_unsafe_noiommu_mode"),
+            "{text}"
+        );
+        assert!(text.contains("vfio.enable_unsafe_noiommu_mode=1"), "{text}");
+        assert!(text.contains("driver_override"), "{text}");
+
+        // Mode on, but still unbound: the ordinary binding advice.
+        fake.noiommu_param(Some("Y"));
+        assert_eq!(sysfs.noiommu_param(), NoIommuParam::On);
+        let error = check(&fake, true).unwrap_err();
+        assert!(matches!(error, VfioError::Unbound { .. }), "{error}");
+    }
+
+    #[test]
+    fn noiommu_bound_without_a_group_asks_for_a_rebind() {
+        let fake = FakeSysfs::new();
+        fake.add(BDF, NVME_CLASS, Some(VFIO_PCI), None);
+        fake.noiommu_param(Some("Y"));
+        let error = check(&fake, true).unwrap_err();
+        assert!(matches!(error, VfioError::NoIommuNoGroup { .. }), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("drivers/vfio-pci/unbind"), "{text}");
+        // Without the option it stays the plain "no IOMMU" advice.
+        let text = check(&fake, false).unwrap_err().to_string();
+        assert!(text.starts_with("no IOMMU"), "{text}");
+        assert!(text.contains("0000:01:00.0,noiommu"), "{text}");
     }
 
     #[test]
