@@ -1,0 +1,251 @@
+//! The isolation report: for each CPU that matters, device interrupts and
+//! completions handled during the run, the job threads on it and their
+//! context switches, and a one-line verdict.
+
+use std::collections::BTreeMap;
+
+use isonvme_mapping::CpuSet;
+use serde_json::{json, Value};
+
+use crate::run::Split;
+use crate::stats::JobResult;
+
+/// What was counted per CPU during the run.
+#[derive(Debug, Clone, Default)]
+pub struct CpuActivity {
+    /// Device interrupts by CPU.
+    pub interrupts: BTreeMap<usize, u64>,
+    /// Completions handled by CPU (isonvme's completion threads).
+    pub completions: BTreeMap<usize, u64>,
+    /// Whether completions were counted at all (not for kernel engines).
+    pub completion_counted: bool,
+    /// Where the interrupt counts come from.
+    pub interrupt_sources: Vec<String>,
+}
+
+/// One CPU's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuRow {
+    /// The CPU.
+    pub cpu: usize,
+    /// Whether it is isolated.
+    pub isolated: bool,
+    /// Device interrupts, if counted.
+    pub interrupts: Option<u64>,
+    /// Completions handled, if counted.
+    pub completions: Option<u64>,
+    /// Job threads that ran on it ("name/jobnum").
+    pub threads: Vec<String>,
+    /// Their voluntary context switches.
+    pub voluntary: u64,
+    /// Their involuntary context switches.
+    pub involuntary: u64,
+}
+
+/// The report.
+#[derive(Debug, Clone)]
+pub struct IsolationReport {
+    /// The split.
+    pub split: Split,
+    /// Where interrupt counts come from.
+    pub interrupt_sources: Vec<String>,
+    /// One row per CPU.
+    pub rows: Vec<CpuRow>,
+    /// Interrupts on isolated CPUs (if counted).
+    pub isolated_interrupts: Option<u64>,
+    /// Completions on isolated CPUs (if counted).
+    pub isolated_completions: Option<u64>,
+    /// The verdict line.
+    pub verdict: String,
+    /// Whether the isolated CPUs stayed clear (`None`: nothing to check).
+    pub clean: Option<bool>,
+}
+
+/// Builds the report from the counts and the job threads' results.
+pub fn isolation_report(
+    split: &Split,
+    activity: &CpuActivity,
+    jobs: &[JobResult],
+) -> IsolationReport {
+    let interrupts_counted = !activity.interrupt_sources.is_empty();
+    let mut cpus: CpuSet = split.isolated.clone();
+    cpus.union_with(
+        &split
+            .housekeeping
+            .intersection(&isonvme::os::runnable_cpus()),
+    );
+    for job in jobs {
+        if let Some(cpu) = job.ran_on {
+            cpus.insert(cpu);
+        }
+    }
+    let mut rows = Vec::new();
+    for cpu in cpus.iter() {
+        let mut row = CpuRow {
+            cpu,
+            isolated: split.isolated.contains(cpu),
+            interrupts: interrupts_counted
+                .then(|| activity.interrupts.get(&cpu).copied().unwrap_or(0)),
+            completions: activity
+                .completion_counted
+                .then(|| activity.completions.get(&cpu).copied().unwrap_or(0)),
+            threads: Vec::new(),
+            voluntary: 0,
+            involuntary: 0,
+        };
+        for job in jobs {
+            let on_this = match &job.pinned {
+                Some(pinned) if pinned.len() == 1 => pinned.contains(cpu),
+                _ => job.ran_on == Some(cpu),
+            };
+            if on_this {
+                row.threads
+                    .push(format!("{}/{}", job.options.name, job.jobnum));
+                row.voluntary += job.lifetime_usage.voluntary;
+                row.involuntary += job.lifetime_usage.involuntary;
+            }
+        }
+        rows.push(row);
+    }
+    let sum = |f: fn(&CpuRow) -> Option<u64>| -> Option<u64> {
+        rows.iter()
+            .filter(|r| r.isolated)
+            .map(f)
+            .try_fold(0u64, |acc, v| v.map(|v| acc + v))
+    };
+    let isolated_interrupts = if interrupts_counted {
+        sum(|r| r.interrupts)
+    } else {
+        None
+    };
+    let isolated_completions = if activity.completion_counted {
+        sum(|r| r.completions)
+    } else {
+        None
+    };
+    let (verdict, clean) = if split.isolated.is_empty() {
+        ("no isolated CPUs: nothing to keep clear".to_owned(), None)
+    } else {
+        match (isolated_interrupts, isolated_completions) {
+            (Some(0), Some(0)) => (
+                "0 interrupts and 0 completion work on isolated CPUs".to_owned(),
+                Some(true),
+            ),
+            (Some(0), None) => (
+                "0 device interrupts on isolated CPUs (completion work of the kernel's driver is not counted)".to_owned(),
+                Some(true),
+            ),
+            (None, Some(0)) => (
+                "0 completion work on isolated CPUs (device interrupts not counted)".to_owned(),
+                Some(true),
+            ),
+            (None, None) => (
+                "device interrupts and completion work were not counted".to_owned(),
+                None,
+            ),
+            (irqs, completions) => {
+                let mut parts = Vec::new();
+                if let Some(irqs) = irqs.filter(|&n| n > 0) {
+                    parts.push(format!("{irqs} device interrupts"));
+                }
+                if let Some(completions) = completions.filter(|&n| n > 0) {
+                    parts.push(format!("{completions} completions handled"));
+                }
+                (
+                    format!(
+                        "NOT CLEAN: {} on isolated CPUs {}",
+                        parts.join(" and "),
+                        split.isolated
+                    ),
+                    Some(false),
+                )
+            }
+        }
+    };
+    IsolationReport {
+        split: split.clone(),
+        interrupt_sources: activity.interrupt_sources.clone(),
+        rows,
+        isolated_interrupts,
+        isolated_completions,
+        verdict,
+        clean,
+    }
+}
+
+impl IsolationReport {
+    /// The report as text.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let dash = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        out.push_str(&format!(
+            "  isolated CPUs: {} ({}); housekeeping CPUs: {}\n",
+            or_dash(&self.split.isolated),
+            self.split.source,
+            or_dash(&self.split.housekeeping)
+        ));
+        out.push_str(
+            "    CPU  role          device irqs  completions  job threads (ctx vol/invol)\n",
+        );
+        for row in &self.rows {
+            let threads = if row.threads.is_empty() {
+                "-".to_owned()
+            } else {
+                format!(
+                    "{} ({}/{})",
+                    row.threads.join(","),
+                    row.voluntary,
+                    row.involuntary
+                )
+            };
+            out.push_str(&format!(
+                "  {:>5}  {:<12}  {:>11}  {:>11}  {}\n",
+                row.cpu,
+                if row.isolated {
+                    "isolated"
+                } else {
+                    "housekeeping"
+                },
+                dash(row.interrupts),
+                dash(row.completions),
+                threads
+            ));
+        }
+        for source in &self.interrupt_sources {
+            out.push_str(&format!("  interrupts: {source}\n"));
+        }
+        out.push_str(&format!("  verdict: {}\n", self.verdict));
+        out
+    }
+
+    /// The report as JSON.
+    pub fn json(&self) -> Value {
+        json!({
+            "isolated": self.split.isolated.to_string(),
+            "housekeeping": self.split.housekeeping.to_string(),
+            "isolation_source": self.split.source,
+            "interrupt_sources": self.interrupt_sources,
+            "cpus": self.rows.iter().map(|row| json!({
+                "cpu": row.cpu,
+                "role": if row.isolated { "isolated" } else { "housekeeping" },
+                "interrupts": row.interrupts,
+                "completions": row.completions,
+                "job_threads": row.threads,
+                "voluntary_ctx": row.voluntary,
+                "involuntary_ctx": row.involuntary,
+            })).collect::<Vec<_>>(),
+            "isolated_interrupts": self.isolated_interrupts,
+            "isolated_completions": self.isolated_completions,
+            "verdict": self.verdict,
+            "clean": self.clean,
+        })
+    }
+}
+
+fn or_dash(set: &CpuSet) -> String {
+    if set.is_empty() {
+        "-".to_owned()
+    } else {
+        set.to_string()
+    }
+}

@@ -1,0 +1,137 @@
+//! The program as users run it: exit status and messages for bad input
+//! (never a panic), the report on stdout or in `--output`, no progress
+//! line when stdout is not a terminal, `--latency-svg`, `--compare`.
+
+mod common;
+
+use common::{bench, text};
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let unreadable = dir.path().join("missing.fio");
+    let unreadable = unreadable.to_str().unwrap();
+    let bad_file = dir.path().join("bad.fio");
+    std::fs::write(&bad_file, "[job]\nrw=randread\nbssplit=4k/50:8k/50\n").unwrap();
+    let bad_file = bad_file.to_str().unwrap();
+    let cases: &[(&[&str], i32, &[&str])] = &[
+        (&["--bs=5000"], 2, &["bs=5000", "multiple of 512"]),
+        (&["--iodepth=-1"], 2, &["iodepth=-1"]),
+        (&["--runtime=1x"], 2, &["runtime=1x"]),
+        (&["--loops=2"], 2, &["`loops`", "does not support"]),
+        (&[unreadable], 2, &["missing.fio", "No such file"]),
+        (&[bad_file], 2, &["bad.fio:3", "`bssplit`"]),
+        (
+            &["--filename=sim,size=12Q"],
+            2,
+            &["simulator option `size`"],
+        ),
+        (&["--filename=0000:7f:1f.7"], 1, &["0000:7f:1f.7", "lspci"]),
+        (
+            &["--ioengine=psync", "--filename=/nonexistent-dir/data"],
+            2,
+            &["/nonexistent-dir/data", "size="],
+        ),
+        (
+            &["--filename=sim,size=64M", "--offset=64M"],
+            2,
+            &["offset=", "beyond the end"],
+        ),
+        (&["--filename=sim", "--bs=1m"], 2, &["bs=1048576", "MDTS"]),
+        (&["--iodepth=60000"], 2, &["iodepth=60000", "lower iodepth"]),
+        (
+            &["--output=/nonexistent-dir/report.txt"],
+            2,
+            &["--output=/nonexistent-dir/report.txt"],
+        ),
+        (
+            &["--latency-svg=/nonexistent-dir/x.svg"],
+            2,
+            &["directory /nonexistent-dir"],
+        ),
+    ];
+    for (args, code, needles) in cases {
+        let output = bench(args);
+        let (stdout, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(*code), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("isonvme-bench: "), "{args:?}: {stderr}");
+        for needle in *needles {
+            assert!(
+                stderr.contains(needle),
+                "{args:?}: `{needle}` not in {stderr}"
+            );
+        }
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            stdout.is_empty(),
+            "{args:?}: nothing runs, nothing is reported"
+        );
+    }
+}
+
+#[test]
+fn the_report_goes_to_stdout_or_output_without_a_progress_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let svg = dir.path().join("latency.svg");
+    let output = bench(&[
+        "--filename=sim,size=16M",
+        "--rw=randread",
+        "--runtime=600ms",
+        "--time_based",
+        "--output-format=json",
+        &format!("--output={}", report.display()),
+        &format!("--latency-svg={}", svg.display()),
+    ]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    // stdout is a pipe here: no `Jobs: ...` line, and the report is in the file.
+    assert!(stdout.is_empty(), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(json["jobs"][0]["read"]["iops"].as_f64().unwrap() > 0.0);
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawing.starts_with("<svg"), "an SVG");
+    assert!(
+        drawing.contains("percentile") && drawing.contains("isonvme"),
+        "titled, with the series"
+    );
+
+    let output = bench(&["--filename=sim,size=16M", "--runtime=600ms", "--time_based"]);
+    let (stdout, _) = text(&output);
+    assert!(stdout.contains("Run status group 0"), "{stdout}");
+    assert!(
+        !stdout.contains("Jobs: ") && !stdout.contains('\r'),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn compare_runs_both_sides_and_prints_the_ratio_table() {
+    let output = bench(&[
+        "--filename=sim,size=16M",
+        "--rw=randread",
+        "--iodepth=4",
+        "--runtime=150ms",
+        "--time_based",
+        "--compare=completion=interrupt",
+        "--compare=completion=poll",
+    ]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("=== A: completion=interrupt ==="),
+        "{stdout}"
+    );
+    assert!(stdout.contains("=== B: completion=poll ==="), "{stdout}");
+    assert!(stdout.contains("completion interrupt") && stdout.contains("completion poll"));
+    let table = &stdout[stdout.find("Comparison (B/A").expect("the table")..];
+    for metric in ["read IOPS", "read clat p99", "read clat mean"] {
+        let row = table
+            .lines()
+            .find(|line| line.trim_start().starts_with(metric))
+            .unwrap_or_else(|| panic!("no `{metric}` row in\n{table}"));
+        let ratio = row.split_whitespace().find(|w| w.ends_with('x')).unwrap();
+        ratio.trim_end_matches('x').parse::<f64>().expect("a ratio");
+    }
+}
