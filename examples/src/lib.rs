@@ -5,11 +5,28 @@
 use std::time::Duration;
 
 use isonvme::mapping::isolation::{self, Isolation};
+use isonvme::mapping::sysfs::SysfsRoot;
 use isonvme::mapping::{CpuSet, Topology};
 use isonvme::runtime::{CompletionMode, Runtime};
 
 /// The examples' error type: every error is a message for a person.
 pub type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// This machine's topology and the I/O thread's CPU ([`choose_cpu`]), with
+/// the calling thread moved to the housekeeping CPUs
+/// ([`start_helpers_on_housekeeping`]): what every example does before it
+/// opens the controller.
+pub fn prepare_host(wanted: Option<usize>) -> Result<(Topology, Choice)> {
+    let root = SysfsRoot::host();
+    let topology = root
+        .topology()
+        .map_err(|e| format!("reading this machine's CPUs: {e}"))?;
+    let host = isolation::detect(&root, &topology)
+        .map_err(|e| format!("reading this host's CPU isolation: {e}"))?;
+    let choice = choose_cpu(wanted, &topology, &host)?;
+    start_helpers_on_housekeeping(&topology, &choice);
+    Ok((topology, choice))
+}
 
 /// Pins the calling thread to `cpu` and checks it now runs there.
 pub fn pin_to(cpu: usize) -> Result<()> {

@@ -34,13 +34,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use isonvme::dma::DmaBuffer;
-use isonvme::mapping::isolation;
-use isonvme::mapping::sysfs::SysfsRoot;
 use isonvme::runtime::{CompletionMode, CpuHandle, Runtime, RuntimeOptions};
 use isonvme::{ControllerOptions, IoCommand};
-use isonvme_examples::{
-    choose_cpu, mode_name, parse_mode, pin_to, report_where, start_helpers_on_housekeeping, Result,
-};
+use isonvme_examples::{mode_name, parse_mode, pin_to, prepare_host, report_where, Result};
 
 const SUPER_MAGIC: [u8; 8] = *b"ISOJSUP1";
 const PAGE_MAGIC: [u8; 8] = *b"ISOJPAG1";
@@ -113,14 +109,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    let root = SysfsRoot::host();
-    let topology = root
-        .topology()
-        .map_err(|e| format!("reading this machine's CPUs: {e}"))?;
-    let host = isolation::detect(&root, &topology)
-        .map_err(|e| format!("reading this host's CPU isolation: {e}"))?;
-    let choice = choose_cpu(args.cpu, &topology, &host)?;
-    start_helpers_on_housekeeping(&topology, &choice);
+    let (topology, choice) = prepare_host(args.cpu)?;
 
     let controller = isonvme::device::open(&args.device, ControllerOptions::default())
         .map_err(|e| format!("opening {}: {e}", args.device))?;

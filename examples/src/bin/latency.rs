@@ -20,13 +20,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use isonvme::mapping::isolation;
-use isonvme::mapping::sysfs::SysfsRoot;
 use isonvme::runtime::{CompletionMode, CpuHandle, Runtime, RuntimeOptions};
 use isonvme::{ControllerOptions, IoCommand};
 use isonvme_examples::{
-    choose_cpu, host_interrupts, mode_name, or_none, parse_mode, parse_time, pin_to,
-    report_host_interrupts, report_where, start_helpers_on_housekeeping, Choice, Result,
+    host_interrupts, mode_name, or_none, parse_mode, parse_time, pin_to, prepare_host,
+    report_host_interrupts, report_where, Choice, Result,
 };
 
 const IO_BYTES: usize = 4096;
@@ -71,14 +69,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    let root = SysfsRoot::host();
-    let topology = root
-        .topology()
-        .map_err(|e| format!("reading this machine's CPUs: {e}"))?;
-    let host = isolation::detect(&root, &topology)
-        .map_err(|e| format!("reading this host's CPU isolation: {e}"))?;
-    let choice = choose_cpu(args.cpu, &topology, &host)?;
-    start_helpers_on_housekeeping(&topology, &choice);
+    let (topology, choice) = prepare_host(args.cpu)?;
 
     let controller = isonvme::device::open(&args.device, ControllerOptions::default())
         .map_err(|e| format!("opening {}: {e}", args.device))?;
