@@ -1,9 +1,13 @@
 //! The program: parse, run, report, and the exit status (0: every job ran
-//! cleanly; 1: a job failed or verify found a mismatch; 2: bad options).
+//! cleanly; 1: a job failed or verify found a mismatch; 2: bad options;
+//! 130: interrupted, with the report of what ran).
 
 use std::io::Write as _;
 
+use std::sync::atomic::Ordering;
+
 use crate::config::{self, Command, Config, Formats};
+use crate::job::INTERRUPTED;
 use crate::run::{self, Outcome, RunError};
 use crate::{compare, output, svg};
 
@@ -21,7 +25,16 @@ pub fn main(args: &[String]) -> u8 {
             return 2;
         }
     };
-    match run_config(&config) {
+    stop_on_interrupt();
+    let ran = run_config(&config);
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        eprintln!("isonvme-bench: interrupted; the report covers the time the jobs ran");
+        if let Err(error) = &ran {
+            eprintln!("isonvme-bench: {error}");
+        }
+        return 130;
+    }
+    match ran {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(error) => {
@@ -32,6 +45,21 @@ pub fn main(args: &[String]) -> u8 {
                 1
             }
         }
+    }
+}
+
+/// The first Ctrl-C (or SIGTERM/SIGHUP) stops the jobs, which then report
+/// what they measured; a second one exits at once, as fio does.
+fn stop_on_interrupt() {
+    let installed = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::Relaxed) {
+            eprintln!("isonvme-bench: interrupted twice; exiting without a report");
+            std::process::exit(130);
+        }
+        eprintln!("isonvme-bench: stopping the jobs (interrupt again to quit at once)");
+    });
+    if let Err(error) = installed {
+        eprintln!("isonvme-bench: note: Ctrl-C will end the run without a report ({error})");
     }
 }
 

@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,12 @@ pub enum State {
     /// Finished.
     Done = 4,
 }
+
+/// Set when the user interrupts the run (Ctrl-C, SIGTERM): every job stops
+/// issuing, waits for what it has in flight and reports what it measured,
+/// as fio does. Relaxed is enough: it is a flag polled by every job loop
+/// and published by the signal-handling thread, with no data attached.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Counters the job thread publishes while it runs.
 #[derive(Debug, Default)]
@@ -503,6 +509,9 @@ fn workload(
             phase_start = now;
             phase_issued = 0;
             live.set(State::Running);
+        }
+        if !stopping && INTERRUPTED.load(Ordering::Relaxed) {
+            stopping = true;
         }
         if measuring && !stopping {
             let out_of_time = measure_end.is_some_and(|end| now >= end);

@@ -135,3 +135,60 @@ fn compare_runs_both_sides_and_prints_the_ratio_table() {
         ratio.trim_end_matches('x').parse::<f64>().expect("a ratio");
     }
 }
+
+#[test]
+fn an_interrupt_ends_the_run_with_the_report_of_what_ran() {
+    use std::io::Read as _;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isonvme-bench"))
+        .args([
+            "--name=long",
+            "--filename=sim,size=16M",
+            "--rw=randread",
+            "--time_based",
+            "--runtime=10m",
+            "--output-format=json",
+            "--eta=never",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    // Start-up (simulator, runtime) takes milliseconds; give it ample time
+    // so the signal lands while the job is issuing reads.
+    std::thread::sleep(Duration::from_secs(3));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("isonvme-bench did not stop after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    let ios = report["jobs"][0]["read"]["total_ios"].as_u64().unwrap();
+    assert!(ios > 0, "the report counts the reads that ran: {stdout}");
+}
