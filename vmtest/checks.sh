@@ -23,16 +23,18 @@ guest_info() {
     return 0
 }
 
-# Every NVMe function (class 0x010802) is bound to vfio-pci and its IOMMU
-# group has a /dev/vfio/<group> node; at least `$1` (default 1) of them.
+# The NVMe functions given (BDFs) are bound to vfio-pci and their IOMMU
+# groups have /dev/vfio/<group> nodes.
 vfio_bound() {
-    want=${1:-1}
-    found=0
+    [ $# -gt 0 ] || { echo "usage: vfio_bound BDF..."; return 2; }
     bad=0
-    for dev in /sys/bus/pci/devices/*; do
-        [ "$(cat "$dev/class")" = 0x010802 ] || continue
-        found=$((found + 1))
-        bdf=${dev##*/}
+    for bdf in "$@"; do
+        dev=/sys/bus/pci/devices/$bdf
+        if [ ! -e "$dev" ]; then
+            echo "$bdf: no such PCI function"
+            bad=1
+            continue
+        fi
         driver=$(readlink "$dev/driver"); driver=${driver##*/}
         group=$(readlink "$dev/iommu_group"); group=${group##*/}
         if [ "$driver" != vfio-pci ]; then
@@ -48,12 +50,102 @@ vfio_bound() {
             echo "$bdf: vfio-pci, IOMMU group $group, /dev/vfio/$group present"
         fi
     done
-    if [ "$found" -lt "$want" ]; then
-        echo "found $found NVMe functions, expected at least $want"
-        bad=1
-    fi
     [ -c /dev/vfio/vfio ] || { echo "/dev/vfio/vfio is missing"; bad=1; }
     return $bad
+}
+
+# The block device of namespace 1 of the kernel-driven NVMe function $1
+# (e.g. /dev/nvme0n1), once the nvme driver's asynchronous probe and
+# namespace scan have made it; waits up to $2 seconds (default 30: TCG is
+# slow). Prints the path; fails if none appears.
+nvme_blockdev() {
+    bdf=$1
+    waited=0
+    while :; do
+        # The disk is a child of the controller's device (no multipath head:
+        # QEMU's namespaces are private); a hidden path device (nvmeXcYnZ)
+        # has no /dev node, so the -b test skips it.
+        for disk in /sys/bus/pci/devices/"$bdf"/nvme/nvme*/nvme*n1; do
+            [ -e "$disk" ] || continue
+            if [ -b "/dev/${disk##*/}" ]; then
+                echo "/dev/${disk##*/}"
+                return 0
+            fi
+        done
+        [ "$waited" -ge "${2:-30}" ] && return 1
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+# The NVMe functions given (BDFs) are driven by the kernel's nvme driver
+# and have a namespace-1 block device: the reference for comparisons.
+kernel_nvme() {
+    [ $# -gt 0 ] || { echo "usage: kernel_nvme BDF..."; return 2; }
+    bad=0
+    for bdf in "$@"; do
+        driver=$(readlink "/sys/bus/pci/devices/$bdf/driver"); driver=${driver##*/}
+        if [ "$driver" != nvme ]; then
+            echo "$bdf: bound to ${driver:-no driver}, not nvme (is the nvme module in the initramfs?)"
+            bad=1
+        elif ! disk=$(nvme_blockdev "$bdf"); then
+            echo "$bdf: nvme, but no namespace-1 block device appeared within 30 s"
+            bad=1
+        else
+            name=${disk#/dev/}
+            # Hardware queues blk-mq made (one per CPU if the controller
+            # allows): the kernel's counterpart of isonvme's SQ layout.
+            queues=0
+            for queue in /sys/class/block/"$name"/mq/*; do
+                [ -e "$queue" ] && queues=$((queues + 1))
+            done
+            echo "$bdf: nvme, $disk ($(($(cat "/sys/class/block/$name/size") / 2048)) MiB)," \
+                "serial $(sed 's/ *$//' "/sys/bus/pci/devices/$bdf"/nvme/nvme*/serial), $queues hardware queues"
+        fi
+    done
+    return $bad
+}
+
+# isonvme against the kernel at QD1: the same 4 KiB random-read job,
+# through isonvme on the vfio-pci function $1 and through io_uring
+# (O_DIRECT) on the block device of the kernel-driven function $2, which
+# run.sh gives identical parameters. Both job threads run on CPU $3 (an
+# isolated one); $4 is the runtime of each side (after a 1 s ramp). The
+# bench's own comparison prints both reports and the ratio table; the JSON
+# (fio's schema, both sides and the rows) goes to the host as a result file.
+# Fails if either side fails; never judges the speed (TCG timings say
+# little, and CI machines differ).
+bench_qd1() {
+    [ $# -eq 4 ] || { echo "usage: bench_qd1 VFIO_BDF KERNEL_BDF CPU RUNTIME"; return 2; }
+    disk=$(nvme_blockdev "$2") || { echo "$2: no block device"; return 1; }
+    out=/tmp/bench-qd1.out
+    set -- --name=qd1-randread --rw=randread --bs=4k --iodepth=1 \
+        --time_based --runtime="$4" --ramp_time=1s --cpus_allowed="$3" \
+        --compare "ioengine=isonvme filename=$1" \
+        --compare "ioengine=io_uring filename=$disk direct=1" \
+        --output-format=normal,json --eta=never --output="$out"
+    # The command as one could paste it (the overrides quoted).
+    printf 'isonvme-bench'
+    for arg in "$@"; do
+        case "$arg" in *' '*) printf " '%s'" "$arg" ;; *) printf ' %s' "$arg" ;; esac
+    done
+    echo
+    isonvme-bench "$@"
+    rc=$?
+    # The report is the normal text, then the JSON from its first line "{".
+    if [ -s "$out" ]; then
+        sed -n '/^{$/q; p' "$out" | tee /vmtest/results/bench-qd1.txt
+        sed -n '/^{$/,$p' "$out" > /vmtest/results/bench-qd1.json
+    fi
+    if [ "$rc" -ne 0 ]; then
+        echo "isonvme-bench exited with $rc"
+        return 1
+    fi
+    if [ ! -s /vmtest/results/bench-qd1.json ]; then
+        echo "isonvme-bench wrote no JSON report"
+        return 1
+    fi
+    return 0
 }
 
 # Interrupt lines of vfio devices, for the log.
@@ -61,4 +153,52 @@ vfio_interrupts() {
     head -1 /proc/interrupts
     grep vfio /proc/interrupts
     return 0
+}
+
+# The NVMe functions given (BDFs) are bound to vfio-pci in VFIO no-IOMMU
+# groups (/dev/vfio/noiommu-<group>), with no IOMMU in the guest and vfio's
+# enable_unsafe_noiommu_mode on.
+vfio_noiommu_bound() {
+    [ $# -gt 0 ] || { echo "usage: vfio_noiommu_bound BDF..."; return 2; }
+    bad=0
+    mode=$(cat /sys/module/vfio/parameters/enable_unsafe_noiommu_mode 2>/dev/null)
+    [ "$mode" = Y ] || { echo "vfio's enable_unsafe_noiommu_mode is '${mode:-missing}', not Y"; bad=1; }
+    [ -z "$(ls /sys/class/iommu 2>/dev/null)" ] || { echo "the guest has an IOMMU: $(ls /sys/class/iommu)"; bad=1; }
+    for bdf in "$@"; do
+        dev=/sys/bus/pci/devices/$bdf
+        driver=$(readlink "$dev/driver"); driver=${driver##*/}
+        group=$(readlink "$dev/iommu_group"); group=${group##*/}
+        if [ "$driver" != vfio-pci ]; then
+            echo "$bdf: bound to ${driver:-no driver}, not vfio-pci"
+            bad=1
+        elif [ -z "$group" ] || [ "$(cat "/sys/kernel/iommu_groups/$group/name" 2>/dev/null)" != vfio-noiommu ]; then
+            echo "$bdf: group '${group:-none}' is not a vfio-noiommu group"
+            bad=1
+        elif [ ! -c "/dev/vfio/noiommu-$group" ]; then
+            echo "$bdf: /dev/vfio/noiommu-$group is missing"
+            bad=1
+        else
+            echo "$bdf: vfio-pci, no-IOMMU group $group, /dev/vfio/noiommu-$group present"
+        fi
+    done
+    return $bad
+}
+
+# Runs the command given after the pattern; passes when it FAILS with a
+# message containing the pattern (a refusal that must happen).
+expect_fail() {
+    pattern=$1
+    shift
+    out=$("$@" 2>&1)
+    rc=$?
+    echo "$out"
+    if [ "$rc" -eq 0 ]; then
+        echo "expected a failure with \"$pattern\", but it succeeded"
+        return 1
+    fi
+    case "$out" in
+        *"$pattern"*) echo "refused as expected (status $rc)"; return 0 ;;
+    esac
+    echo "failed (status $rc), but without \"$pattern\""
+    return 1
 }
