@@ -108,6 +108,7 @@ vfio-probe      isonvme-vmtest vfio-probe --device $BDF --expect-serial $SERIAL
 identify        identify --device $BDF
 hello           hello --device $BDF --namespace 2 --lba 4096
 refuse-noiommu  expect_fail 'behind a real IOMMU' identify --device $BDF,noiommu
+refuse-iommufd  expect_fail 'has no VFIO cdev' identify --device $BDF,iommufd
 vmtest          isonvme-vmtest all --device $BDF --namespaces 1,2 --expect-serial $SERIAL --cpus $SMP --isolated $ISOLATED --io-vectors 2
 bench-qd1       bench_qd1 $BDF $KBDF $BENCH_CPU $BENCH_RUNTIME
 "

@@ -9,6 +9,18 @@
 //!   behind a real IOMMU or the kernel's `enable_unsafe_noiommu_mode` is
 //!   off, and warns loudly when it is used. See
 //!   [`crate::vfio`](crate::vfio#no-iommu-mode-unsafe-explicit-only).
+//! * `,iommufd`: open the device through iommufd (its VFIO cdev
+//!   `/dev/vfio/devices/vfioN` bound to `/dev/iommu`), and fail, naming
+//!   what is missing, if the kernel or the device does not offer it.
+//! * `,container`: open the device through the legacy VFIO container and
+//!   group (`/dev/vfio/vfio`, `/dev/vfio/<group>`) even where iommufd is
+//!   available.
+//!
+//! Without `,iommufd` or `,container`, isonvme takes iommufd where the
+//! kernel and the device offer it and the container otherwise (see
+//! [`crate::vfio`](crate::vfio#routes-iommufd-and-the-legacy-container)).
+//! The options exclude each other: `,noiommu` always uses a container of
+//! its own kind.
 
 use std::sync::Arc;
 
@@ -16,23 +28,29 @@ use crate::controller::{Controller, ControllerOptions};
 use crate::error::{Error, Result};
 use crate::sim::{SimController, SimOptions};
 use crate::transport::Transport;
+use crate::vfio::VfioRoute;
 
 /// A device name, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceName {
     /// The simulated controller with its options.
     Sim(SimOptions),
-    /// A PCI function (`0000:01:00.0[,noiommu]`).
+    /// A PCI function (`0000:01:00.0[,noiommu|,iommufd|,container]`).
     Pci {
         /// The PCI address, normalised with its domain (`dddd:bb:dd.f`).
         address: String,
         /// `,noiommu`: VFIO's unsafe no-IOMMU mode was asked for.
         noiommu: bool,
+        /// `,iommufd` or `,container`: the VFIO route asked for
+        /// ([`VfioRoute::Auto`] without either).
+        route: VfioRoute,
     },
 }
 
-/// The options a PCI device name may carry after its address.
-const PCI_OPTIONS: &str = "`noiommu` (VFIO's unsafe no-IOMMU mode, for hosts without an IOMMU)";
+/// The options a PCI device name may carry after its address (one at most).
+const PCI_OPTIONS: &str = "`noiommu` (VFIO's unsafe no-IOMMU mode, for hosts without an IOMMU), \
+                           `iommufd` (open through /dev/iommu and the device's VFIO cdev) or \
+                           `container` (open through the legacy VFIO container and group)";
 
 impl std::str::FromStr for DeviceName {
     type Err = Error;
@@ -51,22 +69,38 @@ impl std::str::FromStr for DeviceName {
         };
         if let Some(address) = parse_pci_address(head) {
             let mut noiommu = false;
+            let mut route = VfioRoute::Auto;
+            let mut seen: Option<&str> = None;
             for option in options.into_iter().flat_map(|o| o.split(',')) {
-                match option.trim() {
+                let option = option.trim();
+                match option {
                     "noiommu" => noiommu = true,
+                    "iommufd" => route = VfioRoute::Iommufd,
+                    "container" => route = VfioRoute::Container,
                     other => {
                         return Err(Error::InvalidArgument(format!(
                             "device `{name}`: unknown option `{other}` after the PCI address; \
-                             the only option is {PCI_OPTIONS}"
+                             the options are {PCI_OPTIONS}"
                         )))
                     }
                 }
+                if let Some(first) = seen {
+                    return Err(Error::InvalidArgument(format!(
+                        "device `{name}`: `{first}` and `{option}` exclude each other: give at \
+                         most one of {PCI_OPTIONS}"
+                    )));
+                }
+                seen = Some(option);
             }
-            return Ok(DeviceName::Pci { address, noiommu });
+            return Ok(DeviceName::Pci {
+                address,
+                noiommu,
+                route,
+            });
         }
         Err(Error::InvalidArgument(format!(
             "device `{name}` is neither `sim[,key=value...]` nor a PCI address such as 0000:01:00.0 \
-             (optionally followed by `,noiommu`; list NVMe devices with `lspci -D -d ::0108`)"
+             (optionally followed by `,noiommu`, `,iommufd` or `,container`; list NVMe devices with `lspci -D -d ::0108`)"
         )))
     }
 }
@@ -108,9 +142,14 @@ pub fn open_transport(name: &DeviceName) -> Result<Arc<dyn Transport>> {
                 .map_err(|e| Error::InvalidArgument(format!("simulated controller: {e}")))?;
             Ok(sim)
         }
-        DeviceName::Pci { address, noiommu } => {
+        DeviceName::Pci {
+            address,
+            noiommu,
+            route,
+        } => {
             let options = crate::vfio::VfioOptions {
                 noiommu: *noiommu,
+                route: *route,
                 ..crate::vfio::VfioOptions::default()
             };
             Ok(crate::vfio::VfioController::open_with(address, options)?)
@@ -167,6 +206,7 @@ mod tests {
         let pci = |address: &str, noiommu| DeviceName::Pci {
             address: address.to_owned(),
             noiommu,
+            route: VfioRoute::Auto,
         };
         assert_eq!(
             "1:0.0".parse::<DeviceName>().unwrap(),
@@ -184,10 +224,12 @@ mod tests {
             "0000:01:00.0,iommu=off",
             "0000:01:00.0,",
             "0000:01:00.0,noiommu,x",
+            "0000:01:00.0,IOMMUFD",
         ] {
             let error = bad.parse::<DeviceName>().unwrap_err().to_string();
             assert!(error.contains("unknown option"), "{bad}: {error}");
             assert!(error.contains("`noiommu`"), "{bad}: {error}");
+            assert!(error.contains("`iommufd`"), "{bad}: {error}");
         }
         // Options do not rescue a bad address.
         let error = "0000:01:00,noiommu"
@@ -195,5 +237,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("neither"), "{error}");
+    }
+
+    #[test]
+    fn pci_names_take_one_route_option() {
+        let pci = |route| DeviceName::Pci {
+            address: "0000:01:00.0".to_owned(),
+            noiommu: false,
+            route,
+        };
+        assert_eq!(
+            "0000:01:00.0,iommufd".parse::<DeviceName>().unwrap(),
+            pci(VfioRoute::Iommufd)
+        );
+        assert_eq!(
+            "1:0.0, container".parse::<DeviceName>().unwrap(),
+            pci(VfioRoute::Container)
+        );
+        for bad in [
+            "0000:01:00.0,iommufd,container",
+            "0000:01:00.0,container,iommufd",
+            "0000:01:00.0,noiommu,iommufd",
+            "0000:01:00.0,container,noiommu",
+            "0000:01:00.0,iommufd,iommufd",
+        ] {
+            let error = bad.parse::<DeviceName>().unwrap_err().to_string();
+            assert!(error.contains("exclude each other"), "{bad}: {error}");
+        }
     }
 }

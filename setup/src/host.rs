@@ -4,7 +4,10 @@
 
 use std::os::unix::fs::MetadataExt;
 
+use isonvme::vfio::{memlock_limit, parse_memlock_limit, MemlockLimit};
 use serde::Serialize;
+
+pub use isonvme::vfio::show_limit;
 
 use crate::pci::{dir_names, read_trimmed};
 use crate::roots::Roots;
@@ -216,33 +219,23 @@ pub struct Memlock {
     pub hard: Option<u64>,
 }
 
+impl From<MemlockLimit> for Memlock {
+    fn from(limit: MemlockLimit) -> Self {
+        Memlock {
+            soft: limit.soft,
+            hard: limit.hard,
+        }
+    }
+}
+
 /// Reads `Max locked memory` from `/proc/self/limits`.
 pub fn memlock(roots: &Roots) -> Option<Memlock> {
-    parse_memlock(&std::fs::read_to_string(roots.proc.join("self/limits")).ok()?)
+    memlock_limit(&roots.proc).map(Memlock::from)
 }
 
 /// Parses the `Max locked memory` line of a limits file.
 pub fn parse_memlock(text: &str) -> Option<Memlock> {
-    let line = text.lines().find(|l| l.starts_with("Max locked memory"))?;
-    let mut fields = line["Max locked memory".len()..].split_whitespace();
-    let value = |field: Option<&str>| -> Option<Option<u64>> {
-        match field? {
-            "unlimited" => Some(None),
-            number => number.parse().ok().map(Some),
-        }
-    };
-    Some(Memlock {
-        soft: value(fields.next())?,
-        hard: value(fields.next())?,
-    })
-}
-
-/// Shows a limit in bytes the way `ulimit -l` thinks: KiB, or unlimited.
-pub fn show_limit(limit: Option<u64>) -> String {
-    match limit {
-        None => "unlimited".to_owned(),
-        Some(bytes) => format!("{} KiB", bytes / 1024),
-    }
+    parse_memlock_limit(text).map(Memlock::from)
 }
 
 /// A kernel command-line parameter that matters to isonvme.

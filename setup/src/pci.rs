@@ -6,52 +6,20 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use isonvme::vfio::{PciFunction, PciSysfs, VfioError};
+use serde::ser::{SerializeStruct, Serializer};
 use serde::Serialize;
 
 use crate::bdf::Bdf;
 use crate::error::SetupError;
 use crate::roots::Roots;
 
-/// PCI class code of an NVMe controller: mass storage (0x01),
-/// non-volatile memory (0x08), NVMe programming interface (0x02).
-pub const NVME_CLASS: u32 = 0x01_08_02;
+pub(crate) use isonvme::vfio::{link_name, parse_hex};
+pub use isonvme::vfio::{GroupMember, KERNEL_NVME, NVME_CLASS, VFIO_PCI};
 
-/// The driver VFIO needs a device bound to.
-pub const VFIO_PCI: &str = "vfio-pci";
-
-/// The kernel's own NVMe driver.
-pub const KERNEL_NVME: &str = "nvme";
-
-/// What sysfs says about one PCI function.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PciDevice {
-    /// The PCI address, `dddd:bb:dd.f`.
-    pub bdf: String,
-    /// Its sysfs directory (resolved, so descendants can be recognised).
-    #[serde(skip)]
-    pub path: PathBuf,
-    /// The 24-bit class code.
-    pub class: u32,
-    /// PCI vendor ID.
-    pub vendor: Option<u16>,
-    /// PCI device ID.
-    pub device: Option<u16>,
-    /// The driver bound to it.
-    pub driver: Option<String>,
-    /// The driver forced with `driver_override`, if any.
-    pub driver_override: Option<String>,
-    /// Its IOMMU group (none without an IOMMU).
-    pub iommu_group: Option<u32>,
-    /// The NUMA node it is attached to (none when unknown or -1).
-    pub numa_node: Option<u32>,
-}
-
-impl PciDevice {
-    /// Whether this is an NVMe controller.
-    pub fn is_nvme(&self) -> bool {
-        self.class == NVME_CLASS
-    }
-}
+/// What sysfs says about one PCI function: the driver's reading, with
+/// `path` resolved so descendants can be recognised.
+pub type PciDevice = PciFunction;
 
 /// Reads what sysfs knows about `bdf`.
 pub fn read_device(roots: &Roots, bdf: &str) -> Result<PciDevice, SetupError> {
@@ -63,39 +31,51 @@ pub fn read_device(roots: &Roots, bdf: &str) -> Result<PciDevice, SetupError> {
         });
     }
     let path = std::fs::canonicalize(&link).unwrap_or_else(|_| link.clone());
-    let class_path = path.join("class");
-    let class_text = read_trimmed(&class_path).map_err(|e| SetupError::read(&class_path, e))?;
-    let class = parse_hex(&class_text).ok_or_else(|| {
-        SetupError::read(
-            &class_path,
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("`{class_text}` is not a class code"),
-            ),
-        )
-    })? & 0x00ff_ffff;
-    let id = |name: &str| {
-        read_trimmed(&path.join(name))
-            .ok()
-            .and_then(|text| parse_hex(&text))
-            .and_then(|value| u16::try_from(value).ok())
-    };
-    let driver_override = read_trimmed(&path.join("driver_override"))
-        .ok()
-        .filter(|text| !text.is_empty() && text != "(null)");
-    Ok(PciDevice {
-        bdf: bdf.to_owned(),
-        class,
-        vendor: id("vendor"),
-        device: id("device"),
-        driver: link_name(&path.join("driver")),
-        driver_override,
-        iommu_group: link_name(&path.join("iommu_group")).and_then(|n| n.parse().ok()),
-        numa_node: read_trimmed(&path.join("numa_node"))
-            .ok()
-            .and_then(|text| text.parse::<u32>().ok()),
-        path,
-    })
+    PciFunction::read(bdf, path).map_err(read_error)
+}
+
+/// A failed sysfs read of the driver's as setup's error (the readers used
+/// here fail only with [`VfioError::Sysfs`]).
+fn read_error(error: VfioError) -> SetupError {
+    match error {
+        VfioError::Sysfs { path, source } => SetupError::read(path, source),
+        other => SetupError::read(PathBuf::new(), io::Error::other(other.to_string())),
+    }
+}
+
+/// `status --json`'s view of a [`PciDevice`] (its path left out).
+pub(crate) fn serialize_device<S: Serializer>(
+    device: &PciDevice,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut out = serializer.serialize_struct("PciDevice", 8)?;
+    out.serialize_field("bdf", &device.bdf)?;
+    out.serialize_field("class", &device.class)?;
+    out.serialize_field("vendor", &device.vendor)?;
+    out.serialize_field("device", &device.device)?;
+    out.serialize_field("driver", &device.driver)?;
+    out.serialize_field("driver_override", &device.driver_override)?;
+    out.serialize_field("iommu_group", &device.iommu_group)?;
+    out.serialize_field("numa_node", &device.numa_node)?;
+    out.end()
+}
+
+/// `status --json`'s view of [`GroupMember`]s.
+pub(crate) fn serialize_members<S: Serializer>(
+    members: &[GroupMember],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    struct Member<'a>(&'a GroupMember);
+    impl Serialize for Member<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut out = serializer.serialize_struct("GroupMember", 3)?;
+            out.serialize_field("bdf", &self.0.bdf)?;
+            out.serialize_field("class", &self.0.class)?;
+            out.serialize_field("driver", &self.0.driver)?;
+            out.end()
+        }
+    }
+    serializer.collect_seq(members.iter().map(Member))
 }
 
 /// Reads `bdf` and checks it is an NVMe controller.
@@ -129,58 +109,11 @@ pub fn nvme_controllers(roots: &Roots) -> Result<Vec<PciDevice>, SetupError> {
     Ok(controllers)
 }
 
-/// Another device in an IOMMU group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GroupMember {
-    /// Its PCI address.
-    pub bdf: String,
-    /// Its class code, if readable.
-    pub class: Option<u32>,
-    /// The driver it is bound to.
-    pub driver: Option<String>,
-}
-
-impl GroupMember {
-    /// Whether this member lets VFIO take the group: bound to no driver,
-    /// to vfio-pci, or to a driver the kernel trusts alongside VFIO
-    /// (pci-stub, and pcieport for bridges). The same rule as the driver's
-    /// `PciSysfs::check_vfio_ready`.
-    pub fn allows_vfio(&self) -> bool {
-        matches!(
-            self.driver.as_deref(),
-            None | Some(VFIO_PCI) | Some("pci-stub") | Some("pcieport")
-        )
-    }
-}
-
-impl std::fmt::Display for GroupMember {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.driver {
-            Some(driver) => write!(f, "{} (bound to {driver})", self.bdf),
-            None => write!(f, "{} (no driver)", self.bdf),
-        }
-    }
-}
-
 /// The devices of IOMMU group `group`, in address order.
 pub fn group_members(roots: &Roots, group: u32) -> Result<Vec<GroupMember>, SetupError> {
-    let dir = roots.iommu_groups().join(group.to_string()).join("devices");
-    let entries = std::fs::read_dir(&dir).map_err(|e| SetupError::read(&dir, e))?;
-    let mut members: Vec<GroupMember> = entries
-        .flatten()
-        .map(|entry| {
-            let path = entry.path();
-            GroupMember {
-                bdf: entry.file_name().to_string_lossy().into_owned(),
-                class: read_trimmed(&path.join("class"))
-                    .ok()
-                    .and_then(|t| parse_hex(&t)),
-                driver: link_name(&path.join("driver")),
-            }
-        })
-        .collect();
-    members.sort_by(|a, b| a.bdf.cmp(&b.bdf));
-    Ok(members)
+    PciSysfs::new(&roots.sys)
+        .group_members(group)
+        .map_err(read_error)
 }
 
 /// The members of `group` other than `bdf` that keep VFIO from taking it.
@@ -376,21 +309,6 @@ pub(crate) fn read_trimmed(path: &Path) -> io::Result<String> {
     std::fs::read_to_string(path).map(|text| text.trim().to_owned())
 }
 
-/// The last component of a symlink's target (`driver` → `vfio-pci`).
-pub(crate) fn link_name(path: &Path) -> Option<String> {
-    let target = std::fs::read_link(path).ok()?;
-    Some(target.file_name()?.to_string_lossy().into_owned())
-}
-
-/// Parses `0x010802` or `010802`.
-pub(crate) fn parse_hex(text: &str) -> Option<u32> {
-    let digits = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-        .unwrap_or(text);
-    u32::from_str_radix(digits, 16).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,12 +323,5 @@ mod tests {
         assert!(is_generic_name("ng0n1"));
         assert!(!is_generic_name("ng0"));
         assert!(!is_generic_name("nvme0n1"));
-    }
-
-    #[test]
-    fn hex_parsing_accepts_sysfs_forms() {
-        assert_eq!(parse_hex("0x010802"), Some(NVME_CLASS));
-        assert_eq!(parse_hex("010802"), Some(NVME_CLASS));
-        assert_eq!(parse_hex("zz"), None);
     }
 }

@@ -18,11 +18,12 @@ use crate::usage::{device_users, vfio_nodes, vfio_users, OpenBy, Use};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ControllerStatus {
     /// What sysfs says about the PCI function.
-    #[serde(flatten)]
+    #[serde(flatten, serialize_with = "crate::pci::serialize_device")]
     pub pci: PciDevice,
     /// The IOMMU group's domain type (`DMA`, `DMA-FQ`, `identity`).
     pub group_type: Option<String>,
     /// The other devices of its IOMMU group.
+    #[serde(serialize_with = "crate::pci::serialize_members")]
     pub group_others: Vec<GroupMember>,
     /// Whether VFIO could take the group (every other member bound to
     /// vfio-pci, a VFIO-safe driver or nothing); none without a group.

@@ -66,17 +66,20 @@ pub(crate) fn hugepage_advice(size: usize, error: &io::Error, pages: Option<Huge
 /// The locked-memory limit (`ulimit -l`) in bytes: soft and hard, `None`
 /// meaning unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct MemlockLimit {
-    pub(crate) soft: Option<u64>,
-    pub(crate) hard: Option<u64>,
+pub struct MemlockLimit {
+    /// The soft limit.
+    pub soft: Option<u64>,
+    /// The hard limit.
+    pub hard: Option<u64>,
 }
 
 /// Reads the limit from `<proc_root>/self/limits`.
-pub(crate) fn memlock_limit(proc_root: &Path) -> Option<MemlockLimit> {
+pub fn memlock_limit(proc_root: &Path) -> Option<MemlockLimit> {
     parse_memlock_limit(&std::fs::read_to_string(proc_root.join("self/limits")).ok()?)
 }
 
-fn parse_memlock_limit(text: &str) -> Option<MemlockLimit> {
+/// Parses the `Max locked memory` line of a limits file.
+pub fn parse_memlock_limit(text: &str) -> Option<MemlockLimit> {
     let line = text.lines().find(|l| l.starts_with("Max locked memory"))?;
     let mut fields = line["Max locked memory".len()..].split_whitespace();
     let value = |field: Option<&str>| -> Option<Option<u64>> {
@@ -91,7 +94,8 @@ fn parse_memlock_limit(text: &str) -> Option<MemlockLimit> {
     })
 }
 
-fn show_limit(limit: Option<u64>) -> String {
+/// Shows a limit in bytes the way `ulimit -l` thinks: KiB, or unlimited.
+pub fn show_limit(limit: Option<u64>) -> String {
     match limit {
         None => "unlimited".to_owned(),
         Some(bytes) => format!("{} KiB", bytes / 1024),

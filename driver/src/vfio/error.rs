@@ -12,8 +12,22 @@ use crate::transport::TransportError;
 pub struct GroupMember {
     /// Its PCI address.
     pub bdf: String,
+    /// Its class code, if readable.
+    pub class: Option<u32>,
     /// The driver it is bound to, if any.
     pub driver: Option<String>,
+}
+
+impl GroupMember {
+    /// Whether this member lets VFIO take the group: bound to no driver,
+    /// to vfio-pci itself, or to a driver the kernel marks as managing DMA
+    /// safely alongside VFIO (pci-stub, and pcieport for bridges).
+    pub fn allows_vfio(&self) -> bool {
+        matches!(
+            self.driver.as_deref(),
+            None | Some(super::sysfs::VFIO_PCI) | Some("pci-stub") | Some("pcieport")
+        )
+    }
 }
 
 impl fmt::Display for GroupMember {
@@ -220,6 +234,52 @@ pub enum VfioError {
         /// The group number.
         group: u32,
     },
+    /// The iommufd route was asked for, but this kernel or device does not
+    /// offer it.
+    #[error(
+        "{bdf}: the iommufd route was asked for, but {reason}: it needs a kernel built with \
+         CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV (Linux 6.6 or later) with iommufd and \
+         vfio-pci loaded (`modprobe iommufd vfio-pci`), and the device bound to vfio-pci; or \
+         open the device through the legacy VFIO container (device name `{bdf},container`, \
+         or no option)"
+    )]
+    IommufdUnavailable {
+        /// The PCI address.
+        bdf: String,
+        /// What is missing.
+        reason: String,
+    },
+    /// This process may not open `/dev/iommu` or the device's VFIO cdev.
+    #[error(
+        "no permission to open {} for {bdf} (the iommufd route): run as root, or give your \
+         user both iommufd nodes (`chown USER /dev/iommu {}`; /dev/iommu lets its owner pin \
+         memory up to its memlock limit), or use the legacy container route that `isonvme \
+         setup bind --user NAME {bdf}` prepares (device name `{bdf},container`)",
+        path.display(),
+        cdev.display()
+    )]
+    IommufdNotPermitted {
+        /// The PCI address.
+        bdf: String,
+        /// The node that could not be opened.
+        path: PathBuf,
+        /// The device's VFIO cdev (`/dev/vfio/devices/vfioN`).
+        cdev: PathBuf,
+    },
+    /// Binding the device to the iommufd or attaching it to the I/O
+    /// address space failed.
+    #[error("{bdf}: {what} failed ({source}): {advice}")]
+    IommufdBind {
+        /// The PCI address.
+        bdf: String,
+        /// The step that failed.
+        what: String,
+        /// The likely cause and the fix.
+        advice: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// The VFIO device nodes are missing.
     #[error(
         "{} does not exist: load the VFIO driver with `modprobe vfio-pci` (and check the \
@@ -288,6 +348,9 @@ impl VfioError {
                 io::ErrorKind::NotFound
             }
             VfioError::PermissionDenied { .. } => io::ErrorKind::PermissionDenied,
+            VfioError::IommufdNotPermitted { .. } => io::ErrorKind::PermissionDenied,
+            VfioError::IommufdUnavailable { .. } => io::ErrorKind::Unsupported,
+            VfioError::IommufdBind { source, .. } => source.kind(),
             VfioError::Busy { .. } => io::ErrorKind::ResourceBusy,
             VfioError::NoIommuNotPermitted { .. } => io::ErrorKind::PermissionDenied,
             VfioError::NotNvme { .. }

@@ -3,8 +3,9 @@
 //!
 //! [`VfioController::open`] checks everything sysfs can tell before VFIO
 //! is touched (the device exists, is an NVMe controller, is bound to
-//! vfio-pci, has a viable IOMMU group), then opens the VFIO container,
-//! group and device (with `vfio-ioctls`), resets the device, enables
+//! vfio-pci, has a viable IOMMU group), then opens the device through
+//! one of VFIO's routes (see [below](self#routes-iommufd-and-the-legacy-container)),
+//! resets the device, enables
 //! memory decoding and bus mastering in its command register, and mmaps
 //! BAR0 from the device fd. It then provides the [`Transport`] seam:
 //!
@@ -12,9 +13,10 @@
 //!   registers and doorbells when the kernel restricts mmap); doorbells are
 //!   plain stores, never system calls;
 //! * **DMA**: 2 MiB hugepages (anonymous `MAP_HUGETLB`), each mapped once
-//!   with `VFIO_IOMMU_MAP_DMA` at an IOVA inside the IOMMU's reported valid
-//!   ranges (never the MSI window 0xfee00000–0xfeefffff), above 4 GiB where
-//!   possible, with an unmapped guard gap after every region;
+//!   (`VFIO_IOMMU_MAP_DMA`, or `IOMMU_IOAS_MAP` through iommufd) at an IOVA
+//!   inside the IOMMU's reported valid ranges (never the MSI window
+//!   0xfee00000–0xfeefffff), above 4 GiB where possible, with an unmapped
+//!   guard gap after every region;
 //! * **interrupts**: the MSI-X table size from the device's IRQ info, and
 //!   all the vectors asked for enabled in one `VFIO_DEVICE_SET_IRQS` call,
 //!   one eventfd each; each vector's host IRQ is steered through
@@ -22,6 +24,30 @@
 //!
 //! Dropping the controller disables MSI-X, turns bus mastering off, unmaps
 //! all DMA memory from the IOMMU and resets the device.
+//!
+//! # Routes: iommufd and the legacy container
+//!
+//! With an IOMMU, there are two ways into VFIO ([`VfioRoute`]):
+//!
+//! * **iommufd** (Linux 6.6+, `CONFIG_IOMMUFD` and
+//!   `CONFIG_VFIO_DEVICE_CDEV`): the device's own character device
+//!   `/dev/vfio/devices/vfioN` (found through
+//!   `/sys/bus/pci/devices/<BDF>/vfio-dev/vfioN`) is bound to `/dev/iommu`
+//!   and attached to a fresh I/O address space; DMA memory is mapped with
+//!   `IOMMU_IOAS_MAP`, at IOVAs inside the ranges `IOMMU_IOAS_IOVA_RANGES`
+//!   reports. Raw ioctls (`vfio-ioctls` does not know this route). It is
+//!   the only route on kernels built without `CONFIG_VFIO_CONTAINER`.
+//! * **the legacy container** (`/dev/vfio/vfio` and the group
+//!   `/dev/vfio/<group>`, type1v2 IOMMU, through `vfio-ioctls`).
+//!
+//! By default ([`VfioRoute::Auto`]) isonvme takes iommufd when the device
+//! has a VFIO cdev and `/dev/iommu` exists, and falls back to the container
+//! when it has not, or when this process may not open those two nodes (a
+//! non-root user given the group by `isonvme setup bind --user`). Either
+//! can be forced, for testing or to work around one: the device name
+//! options `,iommufd` and `,container` (see [`crate::device`]) or
+//! [`VfioOptions::route`]. A forced route that is not available is an
+//! error naming what is missing.
 //!
 //! # No-IOMMU mode (unsafe, explicit only)
 //!
@@ -52,9 +78,10 @@
 //! offline memory or allocate gigantic pages at run time while a no-IOMMU
 //! device is open.
 //!
-//! Not implemented: the iommufd/cdev route (`vfio-ioctls` 0.5 only drives
-//! the legacy container/group interface), and a 4 KiB-page fallback when
-//! there are no hugepages.
+//! Not implemented: no-IOMMU mode through iommufd (the kernel's
+//! `CONFIG_IOMMUFD_VFIO_CONTAINER`/cdev no-IOMMU support; no-IOMMU mode
+//! always uses the container), and a 4 KiB-page fallback when there are no
+//! hugepages.
 //!
 //! ```no_run
 //! use isonvme::transport::Transport;
@@ -68,9 +95,11 @@
 mod bar;
 mod dma;
 mod error;
+mod iommufd;
 mod iova;
 mod noiommu;
 mod pagemap;
+mod raw;
 mod sysfs;
 
 use std::fs::File;
@@ -95,11 +124,15 @@ use crate::irq::{HostIrqs, IrqError};
 use crate::mmio::Mmio;
 use crate::transport::{AffinityOutcome, DmaMapper, Transport, TransportError};
 
+pub use dma::{memlock_limit, parse_memlock_limit, show_limit, MemlockLimit};
 pub use error::{GroupMember, NoIommuParam, VfioError};
 pub use iova::{IommuInfo, MSI_WINDOW};
-pub use sysfs::{HugePages, PciFunction, PciSysfs, KERNEL_NVME, NVME_CLASS, VFIO_PCI};
+pub use sysfs::{
+    link_name, parse_hex, HugePages, PciFunction, PciSysfs, KERNEL_NVME, NVME_CLASS, VFIO_PCI,
+};
 
 use bar::BarMapping;
+use iommufd::IommufdDevice;
 use iova::IovaSpace;
 use noiommu::NoIommuDevice;
 use pagemap::Pagemap;
@@ -119,6 +152,33 @@ const COMMAND_MEMORY: u16 = 1 << 1;
 /// Command register: the device may master the bus, i.e. do DMA.
 const COMMAND_BUS_MASTER: u16 = 1 << 2;
 
+/// Which VFIO interface opens a device behind an IOMMU (see the [module
+/// documentation](self#routes-iommufd-and-the-legacy-container)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VfioRoute {
+    /// iommufd when the kernel and the device offer it (a VFIO cdev and
+    /// `/dev/iommu`), the legacy container otherwise.
+    #[default]
+    Auto,
+    /// The legacy container and group (`/dev/vfio/vfio`, `/dev/vfio/<N>`);
+    /// device name option `,container`.
+    Container,
+    /// The device's VFIO cdev bound to `/dev/iommu`; an error when the
+    /// kernel or the device does not offer it. Device name option
+    /// `,iommufd`.
+    Iommufd,
+}
+
+impl std::fmt::Display for VfioRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VfioRoute::Auto => "auto",
+            VfioRoute::Container => "container",
+            VfioRoute::Iommufd => "iommufd",
+        })
+    }
+}
+
 /// How to open a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VfioOptions {
@@ -129,6 +189,15 @@ pub struct VfioOptions {
     /// when the device is behind a real IOMMU or the kernel's
     /// `enable_unsafe_noiommu_mode` is off.
     pub noiommu: bool,
+    /// Which VFIO route to take with an IOMMU (default: iommufd where
+    /// available, else the legacy container). The device name options
+    /// `,iommufd` and `,container` set it too. Ignored in no-IOMMU mode,
+    /// which always uses a container.
+    pub route: VfioRoute,
+    /// Where the device nodes are (`/dev`): the iommufd route looks for
+    /// `iommu` and `vfio/devices/vfioN` there. The container and no-IOMMU
+    /// routes always use `/dev/vfio`.
+    pub dev_root: PathBuf,
     /// Where sysfs is (`/sys`).
     pub sysfs_root: PathBuf,
     /// Where procfs is (`/proc`): `/proc/interrupts`, `/proc/irq`, limits.
@@ -139,6 +208,8 @@ impl Default for VfioOptions {
     fn default() -> Self {
         VfioOptions {
             noiommu: false,
+            route: VfioRoute::Auto,
+            dev_root: PathBuf::from("/dev"),
             sysfs_root: PathBuf::from("/sys"),
             proc_root: PathBuf::from("/proc"),
         }
@@ -170,54 +241,151 @@ enum Access {
     },
     /// VFIO's no-IOMMU mode: raw ioctls; DMA addresses are physical.
     NoIommu(NoIommuDevice),
+    /// The device's VFIO cdev bound to an iommufd: raw ioctls; DMA memory
+    /// is mapped with `IOMMU_IOAS_MAP`.
+    Iommufd(IommufdDevice),
+}
+
+/// The device of an [`Access`]: `vfio-ioctls`' or a raw device fd.
+enum DeviceRef<'a> {
+    Vfio(&'a VfioDevice),
+    Raw(&'a raw::RawDevice),
 }
 
 impl Access {
-    fn device_fd(&self) -> std::os::fd::RawFd {
+    /// The device, however it is driven.
+    fn device(&self) -> DeviceRef<'_> {
         match self {
-            Access::Iommu { device, .. } => device.as_raw_fd(),
-            Access::NoIommu(device) => device.file().as_raw_fd(),
+            Access::Iommu { device, .. } => DeviceRef::Vfio(device),
+            Access::NoIommu(device) => DeviceRef::Raw(device.device()),
+            Access::Iommufd(device) => DeviceRef::Raw(device.device()),
+        }
+    }
+
+    /// The route's name, for logs.
+    fn name(&self) -> &'static str {
+        match self {
+            Access::Iommu { .. } => "container",
+            Access::NoIommu(_) => "noiommu",
+            Access::Iommufd(_) => "iommufd",
+        }
+    }
+
+    fn device_fd(&self) -> std::os::fd::RawFd {
+        match self.device() {
+            DeviceRef::Vfio(device) => device.as_raw_fd(),
+            DeviceRef::Raw(device) => device.file().as_raw_fd(),
         }
     }
 
     fn region(&self, index: u32) -> io::Result<RegionInfo> {
-        match self {
-            Access::Iommu { device, .. } => Ok(RegionInfo {
+        match self.device() {
+            DeviceRef::Vfio(device) => Ok(RegionInfo {
                 flags: device.get_region_flags(index),
                 size: device.get_region_size(index),
                 offset: device.get_region_offset(index),
                 caps: device.get_region_caps(index),
             }),
-            Access::NoIommu(device) => device.region(index),
+            DeviceRef::Raw(device) => device.region(index),
         }
     }
 
     fn msix_count(&self) -> u32 {
-        match self {
-            Access::Iommu { device, .. } => device
+        match self.device() {
+            DeviceRef::Vfio(device) => device
                 .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
                 .map(|info| info.count)
                 .unwrap_or(0),
-            Access::NoIommu(device) => device.irq_count(VFIO_PCI_MSIX_IRQ_INDEX).unwrap_or(0),
+            DeviceRef::Raw(device) => device.irq_count(VFIO_PCI_MSIX_IRQ_INDEX).unwrap_or(0),
         }
     }
 
     fn enable_msix(&self, fds: &[&EventFd]) -> Result<(), String> {
-        match self {
-            Access::Iommu { device, .. } => device.enable_msix(fds.to_vec()).map_err(|e| {
+        match self.device() {
+            DeviceRef::Vfio(device) => device.enable_msix(fds.to_vec()).map_err(|e| {
                 let os = io::Error::last_os_error();
                 format!("{e} (last OS error: {os})")
             }),
-            Access::NoIommu(device) => device.set_msix(fds).map_err(|e| e.to_string()),
+            DeviceRef::Raw(device) => device.set_msix(fds).map_err(|e| e.to_string()),
         }
     }
 
     fn disable_msix(&self) -> Result<(), String> {
-        match self {
-            Access::Iommu { device, .. } => device.disable_msix().map_err(|e| e.to_string()),
-            Access::NoIommu(device) => device.set_msix(&[]).map_err(|e| e.to_string()),
+        match self.device() {
+            DeviceRef::Vfio(device) => device.disable_msix().map_err(|e| e.to_string()),
+            DeviceRef::Raw(device) => device.set_msix(&[]).map_err(|e| e.to_string()),
         }
     }
+
+    /// Unmaps `size` bytes at `iova` from the IOMMU (nothing to do in
+    /// no-IOMMU mode).
+    fn unmap_dma(&self, iova: u64, size: u64) -> Result<(), String> {
+        match self {
+            Access::Iommu { container, .. } => container
+                .vfio_dma_unmap(iova, size)
+                .map_err(|e| e.to_string()),
+            Access::Iommufd(device) => device.unmap(iova, size).map_err(|e| e.to_string()),
+            Access::NoIommu(_) => Ok(()),
+        }
+    }
+}
+
+/// The route [`choose_route`] picked for a device behind an IOMMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Chosen {
+    /// The legacy container and group.
+    Container,
+    /// iommufd, through cdev node `cdev` and iommufd node `iommu`.
+    Iommufd { cdev: PathBuf, iommu: PathBuf },
+}
+
+/// Picks the route for `bdf` (sysfs directory `device_dir`) as `route`
+/// asks, looking for the device nodes under `dev_root`: iommufd when the
+/// device has a VFIO cdev and `/dev/iommu` exists (an error if `route` is
+/// [`VfioRoute::Iommufd`] and they do not), the container otherwise.
+fn choose_route(
+    bdf: &str,
+    route: VfioRoute,
+    device_dir: &Path,
+    dev_root: &Path,
+) -> Result<Chosen, VfioError> {
+    if route == VfioRoute::Container {
+        return Ok(Chosen::Container);
+    }
+    let iommu = iommufd::iommu_node(dev_root);
+    let missing = match iommufd::find_cdev(device_dir) {
+        None => format!(
+            "{bdf} has no VFIO cdev (no {}/vfioN/dev in sysfs: the kernel is older than 6.6 \
+             or built without CONFIG_VFIO_DEVICE_CDEV, or the device is not bound to vfio-pci)",
+            device_dir.join("vfio-dev").display()
+        ),
+        Some(name) => {
+            let cdev = iommufd::cdev_node(dev_root, &name);
+            if !cdev.exists() {
+                format!(
+                    "{} does not exist (sysfs has {name}: is devtmpfs mounted on {}?)",
+                    cdev.display(),
+                    dev_root.display()
+                )
+            } else if !iommu.exists() {
+                format!(
+                    "{} does not exist (the kernel lacks CONFIG_IOMMUFD, or the iommufd \
+                     module is not loaded: `modprobe iommufd`)",
+                    iommu.display()
+                )
+            } else {
+                return Ok(Chosen::Iommufd { cdev, iommu });
+            }
+        }
+    };
+    if route == VfioRoute::Iommufd {
+        return Err(VfioError::IommufdUnavailable {
+            bdf: bdf.to_owned(),
+            reason: missing,
+        });
+    }
+    tracing::debug!(bdf, reason = %missing, "iommufd route not available; using the legacy container");
+    Ok(Chosen::Container)
 }
 
 /// The warning no-IOMMU mode earns, on every open through `tracing` and
@@ -289,15 +457,49 @@ impl VfioController {
         address: &str,
         options: VfioOptions,
     ) -> Result<Arc<VfioController>, VfioError> {
-        // The address may carry the `,noiommu` option of device names; it
-        // adds to the options, never removes.
-        let (bdf, noiommu) = match address.parse::<DeviceName>() {
-            Ok(DeviceName::Pci { address, noiommu }) => (address, noiommu || options.noiommu),
+        // The address may carry the options of device names: `,noiommu`
+        // adds to the options, never removes; `,iommufd` or `,container`
+        // takes precedence over the options' route.
+        let (bdf, noiommu, route) = match address.parse::<DeviceName>() {
+            Ok(DeviceName::Pci {
+                address,
+                noiommu,
+                route,
+            }) => (
+                address,
+                noiommu || options.noiommu,
+                if route == VfioRoute::Auto {
+                    options.route
+                } else {
+                    route
+                },
+            ),
             _ => return Err(VfioError::InvalidAddress(address.to_owned())),
         };
         let sysfs = PciSysfs::new(&options.sysfs_root);
         let (function, group) = sysfs.check_vfio_ready(&bdf, noiommu)?;
 
+        let iommufd = if noiommu {
+            None
+        } else {
+            match choose_route(&bdf, route, &function.path, &options.dev_root)? {
+                Chosen::Container => None,
+                Chosen::Iommufd { cdev, iommu } => {
+                    match IommufdDevice::open(&bdf, group, &cdev, &iommu) {
+                        Ok(device) => Some(device),
+                        // Not forced: a process that may not open the
+                        // iommufd nodes may still have the group.
+                        Err(error @ VfioError::IommufdNotPermitted { .. })
+                            if route == VfioRoute::Auto =>
+                        {
+                            tracing::debug!(%bdf, %error, "iommufd route not permitted; trying the legacy container");
+                            None
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+        };
         let access = if noiommu {
             warn_noiommu(&bdf, group);
             let mode_off = || VfioError::NoIommuModeOff {
@@ -306,6 +508,8 @@ impl VfioController {
                 sysfs: sysfs.root().to_path_buf(),
             };
             Access::NoIommu(NoIommuDevice::open(&bdf, group, mode_off)?)
+        } else if let Some(device) = iommufd {
+            Access::Iommufd(device)
         } else {
             let container = Arc::new(
                 VfioContainer::new(None).map_err(|error| container_error(&bdf, group, error))?,
@@ -381,12 +585,29 @@ impl VfioController {
 
         let registers = map_registers(&bdf, &access, &device_file)?;
 
-        let (iommu, space) = match &access {
+        let iommu = match &access {
             Access::Iommu { container, .. } => {
-                let iommu = iommu_info(container.as_ref()).unwrap_or_else(|error| {
+                Some(iommu_info(container.as_ref()).unwrap_or_else(|error| {
                     tracing::warn!(%bdf, %error, "VFIO_IOMMU_GET_INFO failed; assuming IOVAs from 4 GiB to 2^39");
                     IommuInfo::default()
-                });
+                }))
+            }
+            Access::Iommufd(device) => Some(match device.iova_ranges() {
+                Ok((ranges, alignment)) => IommuInfo {
+                    // The required alignment, as a one-size bitmap.
+                    page_sizes: if alignment.is_power_of_two() { alignment } else { 0 },
+                    iova_ranges: Some(ranges),
+                    dma_avail: None,
+                },
+                Err(error) => {
+                    tracing::warn!(%bdf, %error, "IOMMU_IOAS_IOVA_RANGES failed; assuming IOVAs from 4 GiB to 2^39");
+                    IommuInfo::default()
+                }
+            }),
+            Access::NoIommu(_) => None,
+        };
+        let (iommu, space) = match iommu {
+            Some(iommu) => {
                 let align = iommu.min_page_size().max(dma::HUGEPAGE as u64);
                 let space =
                     IovaSpace::new(iommu.iova_ranges.as_deref(), align, dma::HUGEPAGE as u64);
@@ -394,7 +615,7 @@ impl VfioController {
                 (iommu, Some(space))
             }
             // No IOMMU, no IOVA space: DMA addresses are physical.
-            Access::NoIommu(_) => (IommuInfo::default(), None),
+            None => (IommuInfo::default(), None),
         };
 
         let max_vectors = u16::try_from(access.msix_count()).unwrap_or(u16::MAX);
@@ -404,6 +625,7 @@ impl VfioController {
         tracing::debug!(
             %bdf,
             group,
+            route = access.name(),
             bar0 = registers.len(),
             max_vectors,
             numa_node = ?function.numa_node,
@@ -458,6 +680,16 @@ impl VfioController {
         matches!(self.access, Access::NoIommu(_))
     }
 
+    /// The route the device was opened through: [`VfioRoute::Iommufd`] or
+    /// [`VfioRoute::Container`] (no-IOMMU mode included), never
+    /// [`VfioRoute::Auto`].
+    pub fn route(&self) -> VfioRoute {
+        match self.access {
+            Access::Iommufd(_) => VfioRoute::Iommufd,
+            Access::Iommu { .. } | Access::NoIommu(_) => VfioRoute::Container,
+        }
+    }
+
     /// Bytes of DMA memory currently mapped for the device (through the
     /// IOMMU, or locked and translated in no-IOMMU mode).
     pub fn dma_mapped_bytes(&self) -> u64 {
@@ -486,11 +718,7 @@ impl DmaMapper for VfioController {
         })?;
         let host = memory.as_ptr() as u64;
         let mut state = self.dma.lock().unwrap_or_else(|e| e.into_inner());
-        let container = match &self.access {
-            Access::Iommu { container, .. } => Some(container),
-            Access::NoIommu(_) => None,
-        };
-        let iova = if container.is_some() {
+        let iova = if !self.is_noiommu() {
             let mapped = state.mapped_bytes;
             state
                 .space
@@ -525,22 +753,37 @@ impl DmaMapper for VfioController {
             GuestRegionMmap::new(memory, GuestAddress(iova))
                 .map_err(|e| fail(format!("IOVA {iova:#x}: {e}")))?,
         );
-        if let Some(container) = container {
-            container
+        let mapped = match &self.access {
+            Access::Iommu { container, .. } => container
                 .vfio_dma_map(iova, size as u64, host)
-                .map_err(|error| {
-                    let errno = match &error {
-                        vfio_ioctls::VfioError::IommuDmaMap(e) => e.errno(),
-                        _ => 0,
-                    };
-                    fail(dma::map_dma_advice(
-                        size as u64,
-                        iova,
-                        errno,
-                        dma::memlock_limit(&self.proc_root),
-                        state.mapped_bytes,
-                    ))
-                })?;
+                .map_err(|error| match &error {
+                    vfio_ioctls::VfioError::IommuDmaMap(e) => e.errno(),
+                    _ => 0,
+                }),
+            Access::Iommufd(device) => device
+                .map(iova, size as u64, host)
+                .map_err(|error| error.raw_os_error().unwrap_or(0)),
+            Access::NoIommu(_) => Ok(()),
+        };
+        if let Err(errno) = mapped {
+            // The memlock and double-mapping advice fits both routes; the
+            // rest of it is about type1.
+            let shared = matches!(errno, libc::ENOMEM | libc::EPERM | libc::EEXIST);
+            let reason = if shared || !matches!(self.access, Access::Iommufd(_)) {
+                dma::map_dma_advice(
+                    size as u64,
+                    iova,
+                    errno,
+                    dma::memlock_limit(&self.proc_root),
+                    state.mapped_bytes,
+                )
+            } else {
+                format!(
+                    "IOMMU_IOAS_MAP of {size} bytes at IOVA {iova:#x} failed: {}",
+                    io::Error::from_raw_os_error(errno)
+                )
+            };
+            return Err(fail(reason));
         }
         state.mapped_bytes += size as u64;
         state.mappings.push(Mapping {
@@ -674,10 +917,8 @@ impl Drop for VfioController {
             // In no-IOMMU mode there is nothing to unmap: the memory is
             // freed when its last region handle drops (bus mastering is
             // off by then).
-            if let Access::Iommu { container, .. } = &self.access {
-                if let Err(error) = container.vfio_dma_unmap(mapping.iova, mapping.size) {
-                    tracing::warn!(%bdf, iova = mapping.iova, %error, "unmapping DMA memory failed");
-                }
+            if let Err(error) = self.access.unmap_dma(mapping.iova, mapping.size) {
+                tracing::warn!(%bdf, iova = mapping.iova, %error, "unmapping DMA memory failed");
             }
         }
         state.mapped_bytes = 0;
@@ -695,6 +936,7 @@ impl std::fmt::Debug for VfioController {
             .field("bar0", &self.registers.len())
             .field("max_vectors", &self.max_vectors)
             .field("noiommu", &self.is_noiommu())
+            .field("route", &self.route())
             .finish_non_exhaustive()
     }
 }
@@ -980,6 +1222,114 @@ mod tests {
         );
         let error: crate::Error = error.into();
         assert!(error.to_string().contains("without `,noiommu`"), "{error}");
+    }
+
+    /// A fake `/dev` with the nodes the iommufd route looks for.
+    fn fake_dev(cdev: Option<&str>, iommu: bool) -> tempfile::TempDir {
+        let dev = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dev.path().join("vfio/devices")).unwrap();
+        if let Some(name) = cdev {
+            std::fs::write(dev.path().join("vfio/devices").join(name), "").unwrap();
+        }
+        if iommu {
+            std::fs::write(dev.path().join("iommu"), "").unwrap();
+        }
+        dev
+    }
+
+    #[test]
+    fn the_route_is_iommufd_where_offered_and_forcing_it_names_what_is_missing() {
+        let fake = FakeSysfs::new();
+        fake.add("0000:01:00.0", NVME_CLASS, Some(VFIO_PCI), Some(5));
+        let device_dir = PciSysfs::new(fake.root()).device_path("0000:01:00.0");
+        let bdf = "0000:01:00.0";
+        let choose =
+            |route, dev: &tempfile::TempDir| choose_route(bdf, route, &device_dir, dev.path());
+        let full = fake_dev(Some("vfio0"), true);
+
+        // No cdev in sysfs (an older kernel): the container, unless forced.
+        assert_eq!(choose(VfioRoute::Auto, &full).unwrap(), Chosen::Container);
+        let error = choose(VfioRoute::Iommufd, &full).unwrap_err();
+        assert!(
+            matches!(error, VfioError::IommufdUnavailable { .. }),
+            "{error}"
+        );
+        let text = error.to_string();
+        assert!(text.contains("vfio-dev"), "{text}");
+        assert!(text.contains("CONFIG_VFIO_DEVICE_CDEV"), "{text}");
+        assert!(text.contains("0000:01:00.0,container"), "{text}");
+
+        // The class device of 6.1-6.5 kernels, without a cdev: no cdev.
+        std::fs::create_dir_all(device_dir.join("vfio-dev/vfio0")).unwrap();
+        assert_eq!(choose(VfioRoute::Auto, &full).unwrap(), Chosen::Container);
+        let text = choose(VfioRoute::Iommufd, &full).unwrap_err().to_string();
+        assert!(text.contains("has no VFIO cdev"), "{text}");
+        std::fs::write(device_dir.join("vfio-dev/vfio0/dev"), "244:0\n").unwrap();
+        // Everything there: iommufd by default, the container when forced.
+        assert_eq!(
+            choose(VfioRoute::Auto, &full).unwrap(),
+            Chosen::Iommufd {
+                cdev: full.path().join("vfio/devices/vfio0"),
+                iommu: full.path().join("iommu"),
+            }
+        );
+        assert_eq!(
+            choose(VfioRoute::Iommufd, &full).unwrap(),
+            choose(VfioRoute::Auto, &full).unwrap()
+        );
+        assert_eq!(
+            choose(VfioRoute::Container, &full).unwrap(),
+            Chosen::Container
+        );
+
+        // No /dev/iommu (no CONFIG_IOMMUFD, or the module not loaded).
+        let no_iommu = fake_dev(Some("vfio0"), false);
+        assert_eq!(
+            choose(VfioRoute::Auto, &no_iommu).unwrap(),
+            Chosen::Container
+        );
+        let text = choose(VfioRoute::Iommufd, &no_iommu)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("modprobe iommufd"), "{text}");
+        // The cdev in sysfs but not in /dev.
+        let no_node = fake_dev(None, true);
+        assert_eq!(
+            choose(VfioRoute::Auto, &no_node).unwrap(),
+            Chosen::Container
+        );
+        let text = choose(VfioRoute::Iommufd, &no_node)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("devtmpfs"), "{text}");
+    }
+
+    #[test]
+    fn a_forced_route_reaches_the_open_and_fails_cleanly() {
+        let fake = FakeSysfs::new();
+        fake.add("0000:01:00.0", NVME_CLASS, Some(VFIO_PCI), Some(5));
+        // Forced through the device name, without a cdev: refused before
+        // any device node is opened.
+        let error = VfioController::open_with("0000:01:00.0,iommufd", options(&fake)).unwrap_err();
+        assert!(
+            matches!(error, VfioError::IommufdUnavailable { .. }),
+            "{error}"
+        );
+        // Forced through the options, with nodes that are not the kernel's
+        // (plain files): the first iommufd ioctl fails, with its name.
+        let device_dir = PciSysfs::new(fake.root()).device_path("0000:01:00.0");
+        std::fs::create_dir_all(device_dir.join("vfio-dev/vfio0")).unwrap();
+        std::fs::write(device_dir.join("vfio-dev/vfio0/dev"), "244:0\n").unwrap();
+        let dev = fake_dev(Some("vfio0"), true);
+        let forced = VfioOptions {
+            route: VfioRoute::Iommufd,
+            dev_root: dev.path().to_path_buf(),
+            ..options(&fake)
+        };
+        let error = VfioController::open_with("0000:01:00.0", forced).unwrap_err();
+        assert!(error.to_string().contains("IOMMU_IOAS_ALLOC"), "{error}");
+        assert_eq!(VfioRoute::Iommufd.to_string(), "iommufd");
+        assert_eq!(VfioRoute::default(), VfioRoute::Auto);
     }
 
     #[test]

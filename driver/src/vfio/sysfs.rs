@@ -34,10 +34,57 @@ pub struct PciFunction {
     pub device: Option<u16>,
     /// The driver bound to it, if any.
     pub driver: Option<String>,
+    /// The driver forced with `driver_override`, if any.
+    pub driver_override: Option<String>,
     /// Its IOMMU group, if the host has an IOMMU (or no-IOMMU VFIO).
     pub iommu_group: Option<u32>,
     /// The NUMA node it is attached to (`None` when unknown or -1).
     pub numa_node: Option<u32>,
+}
+
+impl PciFunction {
+    /// Reads what sysfs knows about the function `bdf` whose sysfs
+    /// directory is `path` (a `bus/pci/devices` link or the directory it
+    /// resolves to). Only [`VfioError::Sysfs`] comes from here.
+    pub fn read(bdf: &str, path: PathBuf) -> Result<PciFunction, VfioError> {
+        let class_path = path.join("class");
+        let class_text = read_trimmed(&class_path)?;
+        let class = parse_hex(&class_text).ok_or_else(|| VfioError::Sysfs {
+            path: class_path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("`{class_text}` is not a class code"),
+            ),
+        })? & 0x00ff_ffff;
+        let id = |name: &str| {
+            read_trimmed(&path.join(name))
+                .ok()
+                .and_then(|text| parse_hex(&text))
+                .and_then(|value| u16::try_from(value).ok())
+        };
+        let driver_override = read_trimmed(&path.join("driver_override"))
+            .ok()
+            .filter(|text| !text.is_empty() && text != "(null)");
+        let numa_node = read_trimmed(&path.join("numa_node"))
+            .ok()
+            .and_then(|text| text.parse::<u32>().ok());
+        Ok(PciFunction {
+            bdf: bdf.to_owned(),
+            vendor: id("vendor"),
+            device: id("device"),
+            driver: link_name(&path.join("driver")),
+            driver_override,
+            iommu_group: link_name(&path.join("iommu_group")).and_then(|n| n.parse().ok()),
+            numa_node,
+            class,
+            path,
+        })
+    }
+
+    /// Whether this is an NVMe controller.
+    pub fn is_nvme(&self) -> bool {
+        self.class == NVME_CLASS
+    }
 }
 
 /// Counts of 2 MiB hugepages, from
@@ -102,34 +149,7 @@ impl PciSysfs {
                 path,
             });
         }
-        let class_path = path.join("class");
-        let class_text = read_trimmed(&class_path)?;
-        let class = parse_hex(&class_text).ok_or_else(|| VfioError::Sysfs {
-            path: class_path.clone(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("`{class_text}` is not a class code"),
-            ),
-        })? & 0x00ff_ffff;
-        let id = |name: &str| {
-            read_trimmed(&path.join(name))
-                .ok()
-                .and_then(|text| parse_hex(&text))
-                .and_then(|value| u16::try_from(value).ok())
-        };
-        let numa_node = read_trimmed(&path.join("numa_node"))
-            .ok()
-            .and_then(|text| text.parse::<u32>().ok());
-        Ok(PciFunction {
-            bdf: bdf.to_owned(),
-            vendor: id("vendor"),
-            device: id("device"),
-            driver: link_name(&path.join("driver")),
-            iommu_group: link_name(&path.join("iommu_group")).and_then(|n| n.parse().ok()),
-            numa_node,
-            class,
-            path,
-        })
+        PciFunction::read(bdf, path)
     }
 
     /// The devices of IOMMU group `group`, each with its driver.
@@ -145,9 +165,14 @@ impl PciSysfs {
                 path: dir.clone(),
                 source,
             })?;
-            let bdf = entry.file_name().to_string_lossy().into_owned();
-            let driver = link_name(&entry.path().join("driver"));
-            members.push(GroupMember { bdf, driver });
+            let path = entry.path();
+            members.push(GroupMember {
+                bdf: entry.file_name().to_string_lossy().into_owned(),
+                class: read_trimmed(&path.join("class"))
+                    .ok()
+                    .and_then(|text| parse_hex(&text)),
+                driver: link_name(&path.join("driver")),
+            });
         }
         members.sort_by(|a, b| a.bdf.cmp(&b.bdf));
         Ok(members)
@@ -258,7 +283,7 @@ impl PciSysfs {
             .group_members(group)?
             .into_iter()
             .filter(|member| member.bdf != bdf)
-            .filter(|member| !member.driver.as_deref().is_none_or(group_driver_allowed))
+            .filter(|member| !member.allows_vfio())
             .collect();
         if !others.is_empty() {
             return Err(VfioError::GroupNotViable {
@@ -286,13 +311,6 @@ impl PciSysfs {
     }
 }
 
-/// Drivers another device of the group may be bound to without making the
-/// group unusable: vfio-pci itself, and the drivers the kernel marks as
-/// managing DMA safely alongside VFIO (pci-stub, and pcieport for bridges).
-fn group_driver_allowed(driver: &str) -> bool {
-    matches!(driver, VFIO_PCI | "pci-stub" | "pcieport")
-}
-
 fn read_trimmed(path: &Path) -> Result<String, VfioError> {
     std::fs::read_to_string(path)
         .map(|text| text.trim().to_owned())
@@ -303,12 +321,13 @@ fn read_trimmed(path: &Path) -> Result<String, VfioError> {
 }
 
 /// The last component of a symlink's target (`driver` → `vfio-pci`).
-fn link_name(path: &Path) -> Option<String> {
+pub fn link_name(path: &Path) -> Option<String> {
     let target = std::fs::read_link(path).ok()?;
     Some(target.file_name()?.to_string_lossy().into_owned())
 }
 
-fn parse_hex(text: &str) -> Option<u32> {
+/// Parses a hexadecimal sysfs value, `0x010802` or `010802`.
+pub fn parse_hex(text: &str) -> Option<u32> {
     let digits = text
         .strip_prefix("0x")
         .or_else(|| text.strip_prefix("0X"))
