@@ -2,6 +2,8 @@
 //! CPU the way an isolated application would, and reporting where the
 //! driver's completion work ran.
 
+#![warn(missing_docs)]
+
 use std::time::Duration;
 
 use isonvme::mapping::isolation::{self, Isolation};
