@@ -9,8 +9,6 @@ use std::sync::atomic::{fence, Ordering};
 
 use zerocopy::{FromBytes, IntoBytes};
 
-const _: () = assert!(std::mem::size_of::<SubmissionEntry>() == SQ_ENTRY_SIZE);
-
 use crate::dma::{DmaBuffer, DmaPool};
 use crate::mmio::Mmio;
 use crate::nvme::{CompletionEntry, SubmissionEntry};
@@ -127,19 +125,21 @@ impl SubmissionQueue {
         if self.is_full() {
             return Err(QueueFull);
         }
+        // Eight 64-bit volatile stores. A single wide copy (the compiler
+        // picks 512-bit moves on AVX-512 machines) doubled the simulator's
+        // QD1 round trip here (845 ns vs 413 ns, `cargo bench --bench io`),
+        // and byte stores cost 64 instructions.
+        let words: [u64; SQ_ENTRY_SIZE / 8] = zerocopy::transmute!(*entry);
         let slot = self.tail as usize * SQ_ENTRY_SIZE;
-        // SAFETY: `slot + 64 <= depth * 64 <= ring capacity`, the ring is
-        // page-aligned so the slot is aligned for `SubmissionEntry`; the slot
-        // is free (not between head and tail), so the device does not read
-        // it until the doorbell publishes it, which comes after this store.
-        // One volatile store of the whole entry lets the compiler use wide
-        // moves instead of 64 byte stores.
+        // SAFETY: `slot + 64 <= depth * 64 <= ring capacity` and the ring is
+        // page-aligned, so the slot is 8-byte aligned; the slot is free (not
+        // between head and tail), so the device does not read it until the
+        // doorbell publishes it, which comes after these stores.
         unsafe {
-            self.ring
-                .as_ptr()
-                .add(slot)
-                .cast::<SubmissionEntry>()
-                .write_volatile(*entry);
+            let dst = self.ring.as_ptr().add(slot).cast::<u64>();
+            for (i, word) in words.iter().enumerate() {
+                dst.add(i).write_volatile(*word);
+            }
         }
         self.tail = (self.tail + 1) % self.depth;
         Ok(())
