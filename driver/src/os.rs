@@ -54,6 +54,96 @@ pub fn current_cpu() -> Option<usize> {
     usize::try_from(cpu).ok()
 }
 
+/// Spinning that gives the CPU away when it is shared, and does not when
+/// it is not.
+///
+/// A thread that spins waiting for work (a polling completion thread, the
+/// simulator's device thread) holds its CPU for a whole time slice if
+/// nothing makes it stop, so on a CPU it shares with the thread that
+/// would produce that work, every hand-off waits for the scheduler. Every
+/// `interval` empty passes this offers the CPU (`sched_yield`) and times
+/// the offer: a yield that took long ran someone else, so the CPU is
+/// shared and offers stay frequent; a yield that came straight back means
+/// the CPU is ours, and the interval doubles (up to `MAX_INTERVAL` passes)
+/// so a dedicated CPU polls almost undisturbed.
+#[derive(Debug)]
+pub struct SpinYield {
+    passes: u32,
+    interval: u32,
+    adaptive: bool,
+}
+
+impl SpinYield {
+    /// Empty passes between offers while the CPU looks shared.
+    pub const MIN_INTERVAL: u32 = 16;
+    /// Empty passes between offers at most, while the CPU looks dedicated.
+    pub const MAX_INTERVAL: u32 = 1 << 16;
+    /// A yield that takes longer than this ran another thread.
+    const SHARED_AFTER: std::time::Duration = std::time::Duration::from_micros(2);
+
+    /// Starts assuming the CPU is shared.
+    pub fn new() -> Self {
+        SpinYield {
+            passes: 0,
+            interval: Self::MIN_INTERVAL,
+            adaptive: true,
+        }
+    }
+
+    /// Offers the CPU every `MIN_INTERVAL` empty passes, always: for a
+    /// thread that knows it shares its CPU (the simulator's device thread
+    /// stands in for hardware on the host's own CPUs), where a quick
+    /// return from one offer says nothing about the next hand-off.
+    pub fn always() -> Self {
+        SpinYield {
+            adaptive: false,
+            ..SpinYield::new()
+        }
+    }
+
+    /// The loop found work: start counting empty passes again.
+    pub fn worked(&mut self) {
+        self.passes = 0;
+    }
+
+    /// One empty pass: a spin hint, or now and then an offer of the CPU.
+    pub fn idle(&mut self) {
+        self.passes += 1;
+        if self.passes < self.interval {
+            std::hint::spin_loop();
+            return;
+        }
+        self.passes = 0;
+        if !self.adaptive {
+            std::thread::yield_now();
+            return;
+        }
+        let start = std::time::Instant::now();
+        std::thread::yield_now();
+        self.interval = Self::next_interval(self.interval, start.elapsed());
+    }
+
+    /// The interval after an offer of the CPU that took `yield_took`.
+    fn next_interval(interval: u32, yield_took: std::time::Duration) -> u32 {
+        if yield_took > Self::SHARED_AFTER {
+            Self::MIN_INTERVAL
+        } else {
+            interval.saturating_mul(2).min(Self::MAX_INTERVAL)
+        }
+    }
+
+    /// Empty passes between offers now.
+    pub fn interval(&self) -> u32 {
+        self.interval
+    }
+}
+
+impl Default for SpinYield {
+    fn default() -> Self {
+        SpinYield::new()
+    }
+}
+
 /// A set of file descriptors waited on together (a completion thread
 /// serving several vectors sleeps on all their eventfds at once).
 #[derive(Debug)]
@@ -137,5 +227,25 @@ mod tests {
         assert!(!set.is_ready(0));
         assert!(set.is_ready(1));
         assert!(!set.is_ready(2));
+    }
+
+    #[test]
+    fn offers_stay_frequent_on_a_shared_cpu_and_thin_out_on_a_dedicated_one() {
+        use std::time::Duration;
+        let shared = Duration::from_micros(50);
+        let alone = Duration::from_nanos(300);
+        let mut interval = SpinYield::MIN_INTERVAL;
+        for expected in [32, 64, 128] {
+            interval = SpinYield::next_interval(interval, alone);
+            assert_eq!(interval, expected);
+        }
+        assert_eq!(
+            SpinYield::next_interval(interval, shared),
+            SpinYield::MIN_INTERVAL
+        );
+        assert_eq!(
+            SpinYield::next_interval(SpinYield::MAX_INTERVAL, alone),
+            SpinYield::MAX_INTERVAL
+        );
     }
 }

@@ -668,6 +668,7 @@ fn completion_thread(
     // One wait covers every vector this thread serves.
     let mut interrupts = os::ReadableSet::new(work.iter().map(|w| w.state.eventfd.as_raw_fd()));
     let mut last_activity = Instant::now();
+    let mut spin = os::SpinYield::new();
     while !stop.load(Ordering::Acquire) {
         let mut did_work = false;
         let mut moved = false;
@@ -687,6 +688,7 @@ fn completion_thread(
         }
         if did_work {
             last_activity = Instant::now();
+            spin.worked();
             continue;
         }
         let block = match mode {
@@ -719,7 +721,9 @@ fn completion_thread(
         } else if block && shared {
             std::thread::sleep(Duration::from_micros(20));
         } else {
-            std::hint::spin_loop();
+            // Offers the CPU now and then when it is shared (see
+            // `os::SpinYield`); a dedicated CPU keeps polling.
+            spin.idle();
         }
         if regs.failed.load(Ordering::Acquire) {
             break;

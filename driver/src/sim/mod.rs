@@ -353,18 +353,24 @@ fn run(mut device: Device, shared: Arc<Shared>) {
     let max_sleep = shared.options.idle;
     let mut last_activity = Instant::now();
     let mut backoff = MIN_IDLE_SLEEP.min(max_sleep);
+    let mut spin_yield = crate::os::SpinYield::always();
     while !shared.stop.load(Ordering::Acquire) {
         let now = Instant::now();
         shared.stats.count_poll();
         if device.poll(now) {
             last_activity = now;
             backoff = MIN_IDLE_SLEEP.min(max_sleep);
+            spin_yield.worked();
             continue;
         }
         let next_due = device.next_due();
         if now.duration_since(last_activity) < spin || next_due.is_some_and(|d| d <= now + DUE_SPIN)
         {
-            std::hint::spin_loop();
+            // Offer the CPU now and then when it is shared: on a small
+            // machine this thread shares a CPU with the host's threads,
+            // and spinning through a whole time slice would stall the
+            // very submissions it waits for (see `os::SpinYield`).
+            spin_yield.idle();
             continue;
         }
         let mut sleep = backoff;
