@@ -90,14 +90,15 @@ impl SpinYield {
         }
     }
 
-    /// Offers the CPU every `MIN_INTERVAL` empty passes, always: for a
-    /// thread that knows it shares its CPU (the simulator's device thread
-    /// stands in for hardware on the host's own CPUs), where a quick
-    /// return from one offer says nothing about the next hand-off.
-    pub fn always() -> Self {
+    /// Offers the CPU every `interval` empty passes (at least one),
+    /// always: for a thread that knows it shares its CPU (the simulator's
+    /// device thread stands in for hardware on the host's own CPUs), where
+    /// a quick return from one offer says nothing about the next hand-off.
+    pub fn always(interval: u32) -> Self {
         SpinYield {
+            passes: 0,
+            interval: interval.max(1),
             adaptive: false,
-            ..SpinYield::new()
         }
     }
 
