@@ -132,11 +132,6 @@ impl SpinYield {
             interval.saturating_mul(2).min(Self::MAX_INTERVAL)
         }
     }
-
-    /// Empty passes between offers now.
-    pub fn interval(&self) -> u32 {
-        self.interval
-    }
 }
 
 impl Default for SpinYield {

@@ -726,21 +726,27 @@ impl<'a> Writer<'a> {
     fn wait_for_one(&mut self) -> Result<()> {
         let start = Instant::now();
         loop {
-            let mut finished = Vec::new();
-            self.handle.poll(|completion| finished.push(completion))?;
-            let any = !finished.is_empty();
-            for completion in finished {
+            // Completions are handled inside the poll callback (the fields
+            // it needs are borrowed apart from the handle), so the writer
+            // thread allocates nothing while it waits.
+            let (in_flight, writes, idle) =
+                (&mut self.in_flight, &mut self.stats.writes, &mut self.idle);
+            let mut failure = None;
+            let any = self.handle.poll(|completion| {
                 let slot = completion.tag as usize;
-                if let Some(submitted) = self.in_flight.get_mut(slot).and_then(Option::take) {
+                if let Some(submitted) = in_flight.get_mut(slot).and_then(Option::take) {
                     let nanos = submitted.elapsed().as_nanos() as u64;
-                    self.stats.writes.saturating_record(nanos.max(1));
+                    writes.saturating_record(nanos.max(1));
                 }
                 if let Some(buffer) = completion.buffer {
-                    self.idle.insert(0, buffer);
+                    idle.insert(0, buffer);
                 }
-                completion
-                    .result
-                    .map_err(|status| format!("a journal write failed: {status}"))?;
+                if let Err(status) = completion.result {
+                    failure.get_or_insert(status);
+                }
+            })? > 0;
+            if let Some(status) = failure {
+                return Err(format!("a journal write failed: {status}").into());
             }
             if any {
                 return Ok(());
