@@ -54,6 +54,78 @@ pub fn current_cpu() -> Option<usize> {
     usize::try_from(cpu).ok()
 }
 
+/// Sets the calling thread's timer slack (how late the kernel may wake a
+/// sleep to batch timers; 50 µs by default), so a short nap lasts what it
+/// says. Best effort: a refusal only makes naps longer.
+pub fn set_timer_slack(slack: std::time::Duration) {
+    let nanos = libc::c_ulong::try_from(slack.as_nanos().max(1)).unwrap_or(libc::c_ulong::MAX);
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and only changes the
+    // calling thread's scheduling attribute.
+    let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, nanos, 0, 0, 0) };
+}
+
+/// The CPUs this process may be placed on: its cpuset (cgroup v2
+/// `cpuset.cpus.effective`, or v1 `cpuset.cpus`) intersected with the
+/// online CPUs. Unlike [`runnable_cpus`] (the inherited affinity, which
+/// `isolcpus=domain` strips of isolated CPUs), this includes isolated CPUs
+/// a thread may still be pinned to explicitly.
+pub fn placeable_cpus() -> CpuSet {
+    let online: Option<CpuSet> = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|text| text.trim().parse().ok());
+    let cpuset = cgroup_cpuset();
+    match (cpuset, online) {
+        (Some(cpuset), Some(online)) => {
+            let both = cpuset.intersection(&online);
+            if both.is_empty() {
+                runnable_cpus()
+            } else {
+                both
+            }
+        }
+        (None, Some(online)) => online,
+        (Some(cpuset), None) => cpuset,
+        (None, None) => runnable_cpus(),
+    }
+}
+
+/// The cpuset of this process's cgroup, if it can be read.
+fn cgroup_cpuset() -> Option<CpuSet> {
+    let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in membership.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let candidates: Vec<std::path::PathBuf> = if controllers.is_empty() {
+            // cgroup v2: the effective set of this cgroup.
+            vec![std::path::Path::new("/sys/fs/cgroup")
+                .join(path.trim_start_matches('/'))
+                .join("cpuset.cpus.effective")]
+        } else if controllers.split(',').any(|c| c == "cpuset") {
+            let relative = path.trim_start_matches('/');
+            vec![
+                std::path::Path::new("/sys/fs/cgroup/cpuset")
+                    .join(relative)
+                    .join("cpuset.effective_cpus"),
+                std::path::Path::new("/sys/fs/cgroup/cpuset")
+                    .join(relative)
+                    .join("cpuset.cpus"),
+            ]
+        } else {
+            continue;
+        };
+        for candidate in candidates {
+            if let Some(set) = std::fs::read_to_string(&candidate)
+                .ok()
+                .and_then(|text| text.trim().parse::<CpuSet>().ok())
+                .filter(|set| !set.is_empty())
+            {
+                return Some(set);
+            }
+        }
+    }
+    None
+}
+
 /// Spinning that gives the CPU away when it is shared, and does not when
 /// it is not.
 ///

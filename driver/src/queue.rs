@@ -5,7 +5,8 @@
 //! out of ring memory the device reads and writes concurrently, so every
 //! access is a volatile copy of a whole entry through a raw pointer.
 
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Arc;
 
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -66,6 +67,7 @@ pub struct SubmissionQueue {
     head: u32,
     mmio: Mmio,
     doorbell: usize,
+    shadow: Option<ShadowSlot>,
 }
 
 impl SubmissionQueue {
@@ -89,7 +91,18 @@ impl SubmissionQueue {
             head: 0,
             mmio,
             doorbell,
+            shadow: None,
         })
+    }
+
+    /// Publishes the tail through the shadow doorbell buffer from now on.
+    pub(crate) fn use_shadow(&mut self, slot: ShadowSlot) {
+        self.shadow = Some(slot);
+    }
+
+    /// The tail value the device was last told.
+    pub(crate) fn published(&self) -> u32 {
+        self.published_tail
     }
 
     /// The queue identifier.
@@ -146,10 +159,17 @@ impl SubmissionQueue {
     }
 
     /// Tells the device about every entry pushed since the last call (one
-    /// register write for a whole batch).
+    /// register write for a whole batch; with shadow doorbells, a memory
+    /// store and a register write only when the device's EventIdx asks).
     pub fn ring_doorbell(&mut self) {
         if self.tail != self.published_tail {
-            self.mmio.ring_doorbell(self.doorbell, self.tail);
+            let register = self
+                .shadow
+                .as_ref()
+                .is_none_or(|shadow| shadow.publish(self.published_tail, self.tail));
+            if register {
+                self.mmio.ring_doorbell(self.doorbell, self.tail);
+            }
             self.published_tail = self.tail;
         }
     }
@@ -207,6 +227,7 @@ pub struct CompletionQueue {
     published_head: u32,
     mmio: Mmio,
     doorbell: usize,
+    shadow: Option<ShadowSlot>,
 }
 
 impl CompletionQueue {
@@ -232,7 +253,18 @@ impl CompletionQueue {
             published_head: 0,
             mmio,
             doorbell,
+            shadow: None,
         })
+    }
+
+    /// Publishes the head through the shadow doorbell buffer from now on.
+    pub(crate) fn use_shadow(&mut self, slot: ShadowSlot) {
+        self.shadow = Some(slot);
+    }
+
+    /// The head value the device was last told.
+    pub(crate) fn published(&self) -> u32 {
+        self.published_head
     }
 
     /// The queue identifier.
@@ -293,10 +325,123 @@ impl CompletionQueue {
     /// Tells the device which entries have been consumed.
     pub fn ring_doorbell(&mut self) {
         if self.head != self.published_head {
-            self.mmio.ring_doorbell(self.doorbell, self.head);
+            let register = self
+                .shadow
+                .as_ref()
+                .is_none_or(|shadow| shadow.publish(self.published_head, self.head));
+            if register {
+                self.mmio.ring_doorbell(self.doorbell, self.head);
+            }
             self.published_head = self.head;
         }
     }
+}
+
+/// The shadow doorbell and EventIdx buffers of NVMe's Doorbell Buffer
+/// Config, laid out like the doorbell registers: a queue's new tail or head
+/// is stored in memory, and the register is written only when the
+/// controller's EventIdx says it wants to hear of it. Under virtualisation
+/// every register write traps to the hypervisor, so this saves an exit per
+/// doorbell while the device is busy.
+pub struct ShadowBuffers {
+    doorbells: DmaBuffer,
+    event_indexes: DmaBuffer,
+    stride: usize,
+}
+
+impl ShadowBuffers {
+    /// Zeroed buffers for queue ids `0..=max_qid` with doorbell `stride`
+    /// bytes (`4 << CAP.DSTRD`).
+    pub fn new(pool: &DmaPool, max_qid: u16, stride: usize) -> Result<Self, RingError> {
+        let len = (usize::from(max_qid) + 1) * 2 * stride;
+        Ok(ShadowBuffers {
+            doorbells: pool.alloc(len)?,
+            event_indexes: pool.alloc(len)?,
+            stride,
+        })
+    }
+
+    /// Device addresses of the shadow doorbell and EventIdx buffers (PRP1
+    /// and PRP2 of Doorbell Buffer Config).
+    pub fn iovas(&self) -> (u64, u64) {
+        (self.doorbells.iova(), self.event_indexes.iova())
+    }
+
+    /// Queue `qid`'s slot (its tail for an SQ, head for a CQ), zeroed, as a
+    /// new queue starts; `None` beyond the buffers. With `always_register`
+    /// every value is also written to the register (the admin queue: some
+    /// controllers read its shadow, others only its register).
+    pub(crate) fn slot(
+        self: &Arc<Self>,
+        qid: u16,
+        completion: bool,
+        always_register: bool,
+    ) -> Option<ShadowSlot> {
+        let offset = (2 * usize::from(qid) + usize::from(completion)) * self.stride;
+        if offset + 4 > self.doorbells.len() {
+            return None;
+        }
+        let slot = ShadowSlot {
+            buffers: Arc::clone(self),
+            offset,
+            always_register,
+        };
+        slot.doorbell().store(0, Ordering::Relaxed);
+        slot.event_index().store(0, Ordering::Relaxed);
+        Some(slot)
+    }
+}
+
+/// One queue's doorbell in the shadow buffers.
+pub(crate) struct ShadowSlot {
+    buffers: Arc<ShadowBuffers>,
+    offset: usize,
+    always_register: bool,
+}
+
+impl ShadowSlot {
+    fn doorbell(&self) -> &AtomicU32 {
+        // SAFETY: `offset + 4 <= len` (checked in `slot`), the buffer is
+        // page aligned and `offset` a multiple of 4, so the pointer is an
+        // aligned u32 inside memory the `Arc` keeps alive; the device reads
+        // it concurrently, hence atomic access only.
+        unsafe { AtomicU32::from_ptr(self.buffers.doorbells.as_ptr().add(self.offset).cast()) }
+    }
+
+    fn event_index(&self) -> &AtomicU32 {
+        // SAFETY: as in `doorbell`: same offset in a buffer of the same
+        // length; the device writes it concurrently.
+        unsafe { AtomicU32::from_ptr(self.buffers.event_indexes.as_ptr().add(self.offset).cast()) }
+    }
+
+    /// Starts the slot at a queue's current value (a queue that existed
+    /// before the buffers did).
+    pub(crate) fn seed(&self, value: u32) {
+        self.doorbell().store(value, Ordering::Release);
+        self.event_index().store(value, Ordering::Release);
+    }
+
+    /// Stores `new` (after `old`) in the shadow doorbell; returns whether
+    /// the register must be written too.
+    fn publish(&self, old: u32, new: u32) -> bool {
+        // Release: the queue entries written (or the CQ slots consumed)
+        // before are visible to the device before the new value.
+        self.doorbell().store(new, Ordering::Release);
+        // The kernel's mb(): the shadow store must be visible before the
+        // EventIdx load, or the device could publish an EventIdx that asks
+        // for this value while we read the old one, and neither side would
+        // act (a store→load reordering only a full fence forbids).
+        fence(Ordering::SeqCst);
+        let event_index = self.event_index().load(Ordering::Acquire);
+        self.always_register || need_event(event_index as u16, new as u16, old as u16)
+    }
+}
+
+/// NVMe's need-event rule: the device asked (with `event_index`) to hear of
+/// the value passing `event_index`, and moving from `old` to `new` passed
+/// it. Arithmetic is modulo 2^16, as doorbell values wrap.
+fn need_event(event_index: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event_index).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 fn check_depth(depth: u32) -> Result<u32, RingError> {
@@ -304,4 +449,51 @@ fn check_depth(depth: u32) -> Result<u32, RingError> {
         return Err(RingError::BadDepth(depth));
     }
     Ok(depth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shadow_slot_asks_for_the_register_only_past_the_event_index() {
+        let sim = crate::sim::SimController::open("sim,size=1M").unwrap();
+        let pool = DmaPool::new(sim);
+        let buffers = Arc::new(ShadowBuffers::new(&pool, 4, 4).unwrap());
+        let always = buffers.slot(0, false, true).unwrap();
+        let slot = buffers.slot(3, true, false).unwrap();
+        assert!(
+            buffers.slot(5, false, false).is_none(),
+            "beyond the buffers"
+        );
+        // Queue 3's CQ head sits at (2 * 3 + 1) * 4 bytes.
+        assert_eq!(slot.offset, 28);
+        // The device has read up to 4: moving 4 -> 6 passes it.
+        slot.event_index().store(4, Ordering::Relaxed);
+        assert!(slot.publish(4, 6));
+        assert_eq!(slot.doorbell().load(Ordering::Relaxed), 6);
+        // The device has not caught up (still 4): 6 -> 9 needs no register.
+        assert!(!slot.publish(6, 9));
+        assert_eq!(slot.doorbell().load(Ordering::Relaxed), 9);
+        // The admin queue's slot always writes the register too.
+        always.event_index().store(100, Ordering::Relaxed);
+        assert!(always.publish(1, 2));
+    }
+
+    #[test]
+    fn the_register_is_written_only_when_the_new_value_passes_the_event_index() {
+        // The device has read up to 5 and asks to hear of anything past it.
+        assert!(need_event(5, 6, 5));
+        assert!(need_event(5, 9, 5));
+        // It still has work up to 8 and will look again: 6 -> 7 needs nothing.
+        assert!(!need_event(8, 7, 6));
+        // Crossing the index, exactly at it.
+        assert!(need_event(8, 9, 7));
+        assert!(!need_event(8, 8, 7));
+        // Wrap-around of the 16-bit space.
+        assert!(need_event(0xFFFF, 0x0001, 0xFFFE));
+        assert!(!need_event(0x0005, 0x0002, 0xFFFE));
+        // No change, no event.
+        assert!(!need_event(3, 4, 4));
+    }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use isonvme::mapping::{CpuSet, Topology, TopologySpec};
-use isonvme::runtime::{CompletionMode, CpuHandle, ManualOnline, Runtime, RuntimeOptions};
+use isonvme::runtime::{
+    CompletionMode, CpuHandle, InlineCpus, ManualOnline, Runtime, RuntimeOptions,
+};
 use isonvme::sim::SimController;
 use isonvme::{Controller, ControllerOptions, IoCommand};
 
@@ -398,5 +400,218 @@ fn one_completion_thread_sleeps_on_every_vector_it_serves() {
             state.vector
         );
     }
+    runtime.close().unwrap();
+}
+
+fn interrupts_on_io_vectors(sim: &SimController, runtime: &Runtime) -> u64 {
+    runtime
+        .vectors()
+        .iter()
+        .map(|v| sim.stats().interrupts(v.vector))
+        .sum()
+}
+
+#[test]
+fn inline_cpus_reap_their_own_completions_without_interrupts() {
+    let options = RuntimeOptions {
+        topology: Some(eight_cpus()),
+        isolated: Some(set("2-7")),
+        inline: InlineCpus::Isolated,
+        ..RuntimeOptions::default()
+    };
+    let (sim, runtime) = start("sim,size=64M", options);
+    let layout = runtime.layout().clone();
+    assert_eq!(layout.inline_cpus(), set("2-7"), "{layout}");
+    assert!(layout.inline_refused.is_empty(), "{layout}");
+    assert_eq!(layout.sqs.len(), 2, "housekeeping CPUs keep vector SQs");
+    assert!(layout.to_string().contains("inline"), "{layout}");
+    // Inline CQs are not vector CQs, so they are outside the vector cap.
+    assert_eq!(runtime.vectors().len(), 2);
+    for queue in &layout.inline {
+        assert!(
+            runtime.vectors().iter().all(|v| v.cq != queue.cq),
+            "CQ {} of CPU {} is a vector's CQ",
+            queue.cq,
+            queue.cpu
+        );
+    }
+    let before = interrupts_on_io_vectors(&sim, &runtime);
+    for cpu in 2..8 {
+        let mut handle = runtime.handle(cpu).unwrap();
+        assert!(handle.is_inline());
+        write_read(&mut handle, cpu as u64 * 100, 20);
+        let counters = runtime.cpu_counters(cpu).unwrap();
+        assert_eq!(
+            counters
+                .reaped_inline
+                .load(std::sync::atomic::Ordering::Relaxed),
+            40,
+            "CPU {cpu} reaped its own completions"
+        );
+    }
+    let vector_completions = |runtime: &Runtime| -> u64 {
+        runtime
+            .vectors()
+            .iter()
+            .map(|v| {
+                v.counters
+                    .completions
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    };
+    assert_eq!(
+        vector_completions(&runtime),
+        0,
+        "no housekeeping thread touched an inline completion"
+    );
+    assert_eq!(
+        interrupts_on_io_vectors(&sim, &runtime),
+        before,
+        "inline I/O raised no interrupt"
+    );
+    // Housekeeping CPUs still go through their vectors.
+    for cpu in 0..2 {
+        let mut handle = runtime.handle(cpu).unwrap();
+        assert!(!handle.is_inline());
+        write_read(&mut handle, cpu as u64 * 100, 10);
+    }
+    assert_eq!(vector_completions(&runtime), 40);
+    runtime.close().unwrap();
+}
+
+#[test]
+fn too_few_queues_for_every_inline_cpu_falls_back_per_cpu_and_says_so() {
+    // 4 I/O queue pairs granted. Inline pairs come first, as the kernel's
+    // poll queues do, but the interrupt-driven path keeps one CQ (so one
+    // vector here) and one shared SQ: 3 of the 6 isolated CPUs get pairs.
+    let options = RuntimeOptions {
+        topology: Some(eight_cpus()),
+        isolated: Some(set("2-7")),
+        inline: InlineCpus::Isolated,
+        ..RuntimeOptions::default()
+    };
+    let (_sim, runtime) = start("sim,size=64M,queues=4", options);
+    let layout = runtime.layout().clone();
+    assert_eq!(layout.inline_cpus(), set("2-4"), "{layout}");
+    assert_eq!(layout.inline_refused, set("5-7"), "{layout}");
+    assert!(layout.shared_sqs, "{layout}");
+    assert_eq!(runtime.vectors().len(), 1, "{layout}");
+    assert!(
+        layout.to_string().contains("inline refused for CPUs 5-7"),
+        "{layout}"
+    );
+    let workers: Vec<_> = (0..8)
+        .map(|cpu| {
+            let mut handle = runtime.handle(cpu).unwrap();
+            assert_eq!(handle.is_inline(), (2..5).contains(&cpu), "CPU {cpu}");
+            std::thread::spawn(move || write_read(&mut handle, 1000 + cpu as u64 * 64, 20))
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    runtime.close().unwrap();
+}
+
+#[test]
+fn inline_is_chosen_per_cpu_and_by_name() {
+    assert_eq!(
+        "isolated".parse::<InlineCpus>().unwrap(),
+        InlineCpus::Isolated
+    );
+    assert_eq!("all".parse::<InlineCpus>().unwrap(), InlineCpus::All);
+    assert_eq!(
+        "3,5".parse::<InlineCpus>().unwrap(),
+        InlineCpus::Only(set("3,5"))
+    );
+    let error = "x".parse::<InlineCpus>().unwrap_err().to_string();
+    assert!(error.contains("none, isolated, all"), "{error}");
+    let error = "inline".parse::<CompletionMode>().unwrap_err().to_string();
+    assert!(error.contains("RuntimeOptions::inline"), "{error}");
+    let options = RuntimeOptions {
+        topology: Some(eight_cpus()),
+        isolated: Some(set("2-7")),
+        inline: InlineCpus::Only(set("0,6")),
+        ..RuntimeOptions::default()
+    };
+    let (_sim, runtime) = start("sim,size=16M", options);
+    assert_eq!(runtime.layout().inline_cpus(), set("0,6"));
+    for cpu in 0..8 {
+        let mut handle = runtime.handle(cpu).unwrap();
+        assert_eq!(handle.is_inline(), cpu == 0 || cpu == 6);
+        write_read(&mut handle, cpu as u64 * 10, 2);
+    }
+    runtime.close().unwrap();
+}
+
+#[test]
+fn every_vector_is_steered_before_it_can_fire_in_every_mode() {
+    for mode in [
+        CompletionMode::Interrupt,
+        CompletionMode::Poll,
+        CompletionMode::Hybrid {
+            spin: Duration::from_micros(10),
+        },
+    ] {
+        for inline in [InlineCpus::None, InlineCpus::Isolated] {
+            let options = RuntimeOptions {
+                topology: Some(eight_cpus()),
+                isolated: Some(set("2-7")),
+                mode,
+                inline: inline.clone(),
+                ..RuntimeOptions::default()
+            };
+            let (sim, runtime) = start("sim,size=16M", options);
+            for cpu in [0, 4] {
+                let mut handle = runtime.handle(cpu).unwrap();
+                write_read(&mut handle, cpu as u64, 3);
+            }
+            runtime.close().unwrap();
+            assert!(
+                sim.stats().interrupts(0) > 0,
+                "admin commands signalled vector 0"
+            );
+            assert_eq!(
+                sim.stats().unsteered_interrupts(),
+                0,
+                "{mode:?} {inline:?}: an interrupt fired before its vector was steered"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_idle_polling_thread_parks_and_wakes_for_new_work() {
+    let options = RuntimeOptions {
+        topology: Some(eight_cpus()),
+        isolated: Some(set("2-7")),
+        mode: CompletionMode::Poll,
+        ..RuntimeOptions::default()
+    };
+    let (_sim, runtime) = start("sim,size=16M", options);
+    let mut handle = runtime.handle(4).unwrap();
+    write_read(&mut handle, 0, 5);
+    let naps = |runtime: &Runtime| -> u64 {
+        runtime
+            .vectors()
+            .iter()
+            .map(|v| {
+                v.counters
+                    .parked_naps
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while naps(&runtime) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        naps(&runtime) > 0,
+        "nothing in flight, yet no thread parked"
+    );
+    // A parked thread notices new work.
+    write_read(&mut handle, 100, 5);
     runtime.close().unwrap();
 }

@@ -1,4 +1,5 @@
-//! Proof that submitting and polling make no system call: a child process
+//! Proof that submitting and polling make no system call, with completions
+//! handed over by a housekeeping thread and inline: a child process
 //! opens the runtime, takes CPU 1's handle, then forbids every system call
 //! but `exit_group` on that thread (seccomp, kill the process on anything
 //! else) and runs 100,000 I/Os through submit/ring/poll. Any system call —
@@ -10,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
 use isonvme::mapping::CpuSet;
-use isonvme::runtime::{CompletionMode, Runtime, RuntimeOptions};
+use isonvme::runtime::{CompletionMode, InlineCpus, Runtime, RuntimeOptions};
 use isonvme::sim::SimController;
 use isonvme::{Controller, ControllerOptions, IoCommand};
 
@@ -19,28 +20,36 @@ const IOS: u64 = 100_000;
 
 #[test]
 fn submit_and_poll_make_no_system_call() {
-    if std::env::var_os(CHILD).is_some() {
-        child();
+    run_child("submit_and_poll_make_no_system_call", "interrupt");
+}
+
+/// The inline path: the handle reaps its own interrupt-less CQ and rings
+/// its head doorbell inside `poll()` — still no system call.
+#[test]
+fn inline_submit_and_poll_make_no_system_call() {
+    run_child("inline_submit_and_poll_make_no_system_call", "inline");
+}
+
+fn run_child(test: &str, mode: &str) {
+    if let Some(child_mode) = std::env::var_os(CHILD) {
+        child(&child_mode.to_string_lossy());
     }
     let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "submit_and_poll_make_no_system_call",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, mode)
         .status()
         .unwrap();
     match (status.code(), status.signal()) {
         (Some(0), _) => {}
         (_, Some(libc::SIGSYS)) => panic!("the I/O loop made a system call (killed by seccomp)"),
         (Some(3), _) => panic!("the I/O loop ran without system calls but some I/O failed"),
+        (Some(4), _) => panic!("the handle was not inline although inline was asked for"),
         other => panic!("the child failed before or after the I/O loop: {other:?}"),
     }
 }
 
-fn child() -> ! {
+fn child(mode: &str) -> ! {
+    let inline = mode == "inline";
     let sim = SimController::open("sim,size=64M").unwrap();
     let controller = Controller::open(sim, ControllerOptions::default()).unwrap();
     let runtime = Runtime::open(
@@ -48,11 +57,20 @@ fn child() -> ! {
         RuntimeOptions {
             isolated: Some(CpuSet::single(1)),
             mode: CompletionMode::Interrupt,
+            inline: if inline {
+                InlineCpus::Isolated
+            } else {
+                InlineCpus::None
+            },
             ..RuntimeOptions::default()
         },
     )
     .unwrap();
     let mut handle = runtime.handle(1).unwrap();
+    if handle.is_inline() != inline {
+        // SAFETY: exit_group takes an exit code and never returns.
+        unsafe { libc::syscall(libc::SYS_exit_group, 4) };
+    }
     let mut free = Vec::with_capacity(32);
     for _ in 0..32 {
         free.push(handle.pool().alloc(4096).unwrap());

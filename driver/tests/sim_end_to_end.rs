@@ -336,3 +336,48 @@ fn file_data_survives_shutdown_and_reopen() {
     queue.read(1, 77, &mut back).unwrap();
     assert!(back.as_slice() == expected.as_slice());
 }
+
+#[test]
+fn shadow_doorbells_are_used_where_supported_and_switchable_off() {
+    const DOORBELL_BUFFER_CONFIG: u8 = 0x7C;
+    let run = |name: &str, shadow: bool| {
+        let sim = SimController::open(name).unwrap();
+        let options = ControllerOptions {
+            shadow_doorbells: shadow,
+            ..ControllerOptions::default()
+        };
+        let controller = Controller::open(sim.clone(), options).unwrap();
+        let mut queue = IoQueuePair::create(&controller, 1, 64, None).unwrap();
+        let mut buffer = controller.pool().alloc(4096).unwrap();
+        for lba in 0..200 {
+            pattern(&mut buffer, lba);
+            queue.write(1, lba, &buffer).unwrap();
+            let mut back = controller.pool().alloc(4096).unwrap();
+            queue.read(1, lba, &mut back).unwrap();
+            assert_eq!(back.as_slice(), buffer.as_slice(), "LBA {lba}");
+        }
+        let used = controller.info().shadow_doorbells;
+        let stats = sim.stats();
+        let result = (
+            used,
+            stats.admin_commands(DOORBELL_BUFFER_CONFIG),
+            stats.shadow_doorbells() + stats.mmio_doorbells(),
+            stats.shadow_doorbells(),
+        );
+        controller.shutdown().unwrap();
+        result
+    };
+    // Supported and wanted: configured once, every SQ tail value seen.
+    let (used, configs, doorbells, _) = run("sim,size=16M", true);
+    assert!(used);
+    assert_eq!(configs, 1);
+    assert_eq!(doorbells, 400, "one SQ tail value per command");
+    // Switched off by the host: never configured, registers only.
+    let (used, configs, _, from_shadow) = run("sim,size=16M", false);
+    assert!(!used);
+    assert_eq!((configs, from_shadow), (0, 0));
+    // Not supported by the controller: not asked for.
+    let (used, configs, _, from_shadow) = run("sim,size=16M,dbbuf=off", true);
+    assert!(!used);
+    assert_eq!((configs, from_shadow), (0, 0));
+}

@@ -210,6 +210,18 @@ impl SubmissionEntry {
         }
     }
 
+    /// Doorbell Buffer Config (admin 0x7C): the shadow doorbell buffer at
+    /// `doorbells` and the EventIdx buffer at `event_indexes`, both page
+    /// aligned and laid out like the doorbell registers.
+    #[must_use]
+    pub const fn doorbell_buffer_config(doorbells: u64, event_indexes: u64) -> Self {
+        Self {
+            prp1: doorbells,
+            prp2: event_indexes,
+            ..Self::with_opcode(AdminOpcode::DoorbellBufferConfig as u8)
+        }
+    }
+
     /// Delete I/O Submission Queue (admin 0x00).
     #[must_use]
     pub const fn delete_io_sq(qid: u16) -> Self {
@@ -418,6 +430,8 @@ opcode_enum! {
         GetFeatures = 0x0A,
         /// Asynchronous Event Request.
         AsyncEventRequest = 0x0C,
+        /// Doorbell Buffer Config (shadow doorbells, OACS bit 8).
+        DoorbellBufferConfig = 0x7C,
     }
 }
 
@@ -587,6 +601,7 @@ mod tests {
             (AdminOpcode::SetFeatures, 0x09),
             (AdminOpcode::GetFeatures, 0x0A),
             (AdminOpcode::AsyncEventRequest, 0x0C),
+            (AdminOpcode::DoorbellBufferConfig, 0x7C),
         ];
         assert_eq!(admin.len(), AdminOpcode::ALL.len());
         for (op, v) in admin {

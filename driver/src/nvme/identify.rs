@@ -204,6 +204,8 @@ pub struct IdentifyController {
 const _: () = assert!(size_of::<IdentifyController>() == 4096);
 
 impl IdentifyController {
+    /// OACS bit: Doorbell Buffer Config command (shadow doorbells).
+    pub const OACS_DOORBELL_BUFFER_CONFIG: u16 = 1 << 8;
     /// ONCS bit: Compare command.
     pub const ONCS_COMPARE: u16 = 1 << 0;
     /// ONCS bit: Write Uncorrectable command.

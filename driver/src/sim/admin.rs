@@ -51,6 +51,7 @@ impl Device {
             AdminOpcode::Abort => Ok(1),
             AdminOpcode::SetFeatures => self.set_features(sqe),
             AdminOpcode::GetFeatures => self.get_features(sqe),
+            AdminOpcode::DoorbellBufferConfig => self.doorbell_buffer_config(mem, sqe),
             AdminOpcode::AsyncEventRequest => {
                 if self.aers.len() > usize::from(AERL) {
                     Err(specific(CommandSpecificStatus::AsyncEventLimitExceeded))
@@ -134,6 +135,25 @@ impl Device {
         self.check_queue_memory(mem, sqe, size as usize * 64)?;
         self.add_sq(qid, sqe.prp1, size, cqid);
         self.io_queues_created = true;
+        Ok(0)
+    }
+
+    /// Doorbell Buffer Config: page-aligned shadow doorbell and EventIdx
+    /// buffers in mapped memory, large enough for every queue id; the
+    /// current tails and heads are copied in, as QEMU's controller does.
+    fn doorbell_buffer_config(&mut self, mem: &GuestMemory, sqe: &SubmissionEntry) -> CmdResult {
+        if !self.shared.options.dbbuf {
+            return Err(GenericStatus::InvalidOpcode.into());
+        }
+        let page = self.page_size() as u64;
+        let len = self.sqs.len() * 2 * self.dstrd_bytes();
+        for base in [sqe.prp1, sqe.prp2] {
+            if base == 0 || base % page != 0 || mem.get_slice(GuestAddress(base), len).is_err() {
+                return Err(invalid_field());
+            }
+        }
+        self.dbbuf = Some((sqe.prp1, sqe.prp2));
+        self.sync_shadow_doorbells(mem);
         Ok(0)
     }
 
@@ -258,6 +278,9 @@ impl Device {
         id.cqes = (CompletionEntry::SIZE_LOG2 << 4) | CompletionEntry::SIZE_LOG2;
         id.nn = self.namespaces.len() as u32;
         id.oncs = IdentifyController::ONCS_DSM | IdentifyController::ONCS_WRITE_ZEROES;
+        if o.dbbuf {
+            id.oacs |= IdentifyController::OACS_DOORBELL_BUFFER_CONFIG;
+        }
         // Volatile write cache present; Flush to NSID FFFFFFFFh supported.
         id.vwc = 0b111;
         let nqn = format!("nqn.2024-01.io.isonvme:sim:{}", o.serial);

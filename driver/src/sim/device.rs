@@ -77,6 +77,9 @@ pub(crate) struct SubQueue {
     pub cqid: u16,
     /// Last raw doorbell value seen, to act (and warn) once per write.
     last_doorbell: u32,
+    /// Last value of the doorbell register itself (shadow doorbells: the
+    /// value may arrive without a register write).
+    last_mmio: u32,
 }
 
 /// A completion queue.
@@ -96,6 +99,7 @@ pub(crate) struct CompQueue {
     /// Completions waiting for room (the CQ is full).
     backlog: VecDeque<Cqe>,
     last_doorbell: u32,
+    last_mmio: u32,
 }
 
 impl CompQueue {
@@ -199,6 +203,8 @@ pub(crate) struct Device {
     pub(crate) features: Features,
     /// Held Asynchronous Event Requests (CIDs).
     pub(crate) aers: Vec<u16>,
+    /// Doorbell Buffer Config: the shadow doorbell and EventIdx buffers.
+    pub(crate) dbbuf: Option<(u64, u64)>,
     pending: BinaryHeap<Reverse<Due>>,
     seq: u64,
     next_io_slot: Option<Instant>,
@@ -243,6 +249,7 @@ impl Device {
             io_queues_created: false,
             features: Features::default(),
             aers: Vec::new(),
+            dbbuf: None,
             pending: BinaryHeap::new(),
             seq: 0,
             next_io_slot: None,
@@ -430,6 +437,7 @@ impl Device {
         self.active_sqs.clear();
         self.pending.clear();
         self.aers.clear();
+        self.dbbuf = None;
         self.enabled = false;
         self.fatal = false;
         self.granted_sqs = self.shared.options.queues;
@@ -510,13 +518,26 @@ impl Device {
         let stride = self.dstrd_bytes();
         let mut active = false;
         for qid in 0..self.sqs.len() {
+            let sq_doorbell = doorbell_offset(qid as u16, false, stride);
+            let sq_shadow = self.sqs[qid]
+                .as_ref()
+                .and_then(|_| self.shadow_doorbell(mem, qid, sq_doorbell));
             if let Some(sq) = self.sqs[qid].as_mut() {
-                let raw = self.mmio.read32(doorbell_offset(qid as u16, false, stride));
+                let mmio = self.mmio.read32(sq_doorbell);
+                let by_register = mmio != sq.last_mmio;
+                sq.last_mmio = mmio;
+                let raw = sq_shadow.unwrap_or(mmio);
                 if raw != sq.last_doorbell {
                     sq.last_doorbell = raw;
                     active = true;
+                    if qid != 0 {
+                        self.shared
+                            .stats
+                            .count_doorbell(sq_shadow.is_some() && !by_register);
+                    }
                     if raw < sq.size {
                         sq.tail = raw;
+                        self.set_event_index(mem, qid, sq_doorbell, raw);
                     } else {
                         self.shared.stats.count_invalid_doorbell();
                         tracing::warn!(
@@ -529,8 +550,15 @@ impl Device {
                 }
             }
             let mut drained = false;
+            let cq_doorbell = doorbell_offset(qid as u16, true, stride);
+            let cq_shadow = self.cqs[qid]
+                .as_ref()
+                .and_then(|_| self.shadow_doorbell(mem, qid, cq_doorbell));
+            let mut seen_head = None;
             if let Some(cq) = self.cqs[qid].as_mut() {
-                let raw = self.mmio.read32(doorbell_offset(qid as u16, true, stride));
+                let mmio = self.mmio.read32(cq_doorbell);
+                cq.last_mmio = mmio;
+                let raw = cq_shadow.unwrap_or(mmio);
                 if raw != cq.last_doorbell {
                     cq.last_doorbell = raw;
                     active = true;
@@ -538,6 +566,7 @@ impl Device {
                         (raw.wrapping_add(cq.size).wrapping_sub(cq.head)) % cq.size.max(1);
                     if raw < cq.size && advance <= cq.outstanding() {
                         cq.head = raw;
+                        seen_head = Some(raw);
                         drained = !cq.backlog.is_empty();
                     } else {
                         self.shared.stats.count_invalid_doorbell();
@@ -551,11 +580,64 @@ impl Device {
                     }
                 }
             }
+            if let Some(head) = seen_head {
+                self.set_event_index(mem, qid, cq_doorbell, head);
+            }
             if drained {
                 self.drain_backlog(mem, qid);
             }
         }
         active
+    }
+
+    /// The value of an I/O queue's doorbell in the shadow buffer, when the
+    /// host configured one (the admin queue keeps its registers here; the
+    /// host writes both).
+    fn shadow_doorbell(&self, mem: &GuestMemory, qid: usize, doorbell: usize) -> Option<u32> {
+        let (doorbells, _) = self.dbbuf?;
+        if qid == 0 {
+            return None;
+        }
+        let at = doorbells + (doorbell - doorbell_offset(0, false, self.dstrd_bytes())) as u64;
+        mem.load::<u32>(GuestAddress(at), Ordering::Acquire).ok()
+    }
+
+    /// Publishes in the EventIdx buffer how far the device has read a
+    /// queue's doorbell, as QEMU's controller does: the host writes the
+    /// register again only for a value past it (the NVMe need-event rule).
+    fn set_event_index(&self, mem: &GuestMemory, qid: usize, doorbell: usize, value: u32) {
+        let Some((_, event_indexes)) = self.dbbuf else {
+            return;
+        };
+        if qid == 0 {
+            return;
+        }
+        let at = event_indexes + (doorbell - doorbell_offset(0, false, self.dstrd_bytes())) as u64;
+        let _ = mem.store(value, GuestAddress(at), Ordering::Release);
+    }
+
+    /// After Doorbell Buffer Config: copies every queue's current tail and
+    /// head into the shadow buffer and EventIdx, so both sides start equal.
+    pub(crate) fn sync_shadow_doorbells(&mut self, mem: &GuestMemory) {
+        let stride = self.dstrd_bytes();
+        let Some((doorbells, _)) = self.dbbuf else {
+            return;
+        };
+        for qid in 1..self.sqs.len() {
+            for completion in [false, true] {
+                let doorbell = doorbell_offset(qid as u16, completion, stride);
+                let value = if completion {
+                    self.cqs[qid].as_ref().map(|cq| cq.head)
+                } else {
+                    self.sqs[qid].as_ref().map(|sq| sq.tail)
+                };
+                if let Some(value) = value {
+                    let at = doorbells + (doorbell - doorbell_offset(0, false, stride)) as u64;
+                    let _ = mem.store(value, GuestAddress(at), Ordering::Release);
+                    self.set_event_index(mem, qid, doorbell, value);
+                }
+            }
+        }
     }
 
     fn drain_backlog(&mut self, mem: &GuestMemory, qid: usize) {
@@ -649,11 +731,18 @@ impl Device {
             .vectors
             .read()
             .unwrap_or_else(|e| e.into_inner());
+        let steered = self
+            .shared
+            .vector_affinity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for v in self.irq_list.drain(..) {
             self.irq_flagged[usize::from(v)] = false;
             if let Some(fd) = vectors.get(usize::from(v)) {
                 // Counted first, so whoever sees the eventfd sees the count.
-                self.shared.stats.count_interrupt(v);
+                self.shared
+                    .stats
+                    .count_interrupt(v, steered.contains_key(&v));
                 if let Err(e) = fd.write(1) {
                     tracing::warn!(vector = v, error = %e, "simulated controller: signalling an interrupt failed");
                 }
@@ -935,6 +1024,7 @@ impl SubQueue {
             tail: 0,
             cqid,
             last_doorbell: 0,
+            last_mmio: 0,
         }
     }
 }
@@ -952,6 +1042,7 @@ impl CompQueue {
             sq_count: 0,
             backlog: VecDeque::new(),
             last_doorbell: 0,
+            last_mmio: 0,
         }
     }
 }

@@ -9,7 +9,7 @@ use super::SimError;
 
 /// Every option key, for error messages.
 const KNOWN_KEYS: &str =
-    "size, lba, namespaces, file, queues, qdepth, vectors, mdts, dstrd, latency, iops, serial, model, spin, idle";
+    "size, lba, namespaces, file, queues, qdepth, vectors, mdts, dstrd, latency, iops, serial, model, spin, idle, dbbuf";
 
 /// Completion latency per command class (zero, fixed, or per operation).
 ///
@@ -147,6 +147,10 @@ pub struct SimOptions {
     /// worst-case extra latency of the first command after idling
     /// (`idle=`, default 1ms).
     pub idle: Duration,
+    /// Whether the controller supports Doorbell Buffer Config, shadow
+    /// doorbells with EventIdx, as QEMU's and cloud NVMe do (`dbbuf=on|off`,
+    /// default on).
+    pub dbbuf: bool,
 }
 
 impl Default for SimOptions {
@@ -167,6 +171,7 @@ impl Default for SimOptions {
             model: "isonvme simulated NVMe controller".to_owned(),
             spin: Duration::from_micros(50),
             idle: Duration::from_millis(1),
+            dbbuf: true,
         }
     }
 }
@@ -313,6 +318,13 @@ impl FromStr for SimOptions {
                     o.idle = parse_duration(value)
                         .ok_or_else(|| invalid("idle", value, "a duration (e.g. 1ms)"))?;
                 }
+                "dbbuf" => {
+                    o.dbbuf = match value {
+                        "on" | "1" | "true" => true,
+                        "off" | "0" | "false" => false,
+                        _ => return Err(invalid("dbbuf", value, "on or off")),
+                    }
+                }
                 other => {
                     return Err(SimError::UnknownOption {
                         key: other.to_owned(),
@@ -376,6 +388,13 @@ impl fmt::Display for SimOptions {
         }
         if self.idle != d.idle {
             write!(f, ",idle={}", format_duration(self.idle))?;
+        }
+        if self.dbbuf != d.dbbuf {
+            f.write_str(if self.dbbuf {
+                ",dbbuf=on"
+            } else {
+                ",dbbuf=off"
+            })?;
         }
         Ok(())
     }

@@ -15,6 +15,9 @@ pub struct SimStats {
     bytes_written: AtomicU64,
     resets: AtomicU64,
     polls: AtomicU64,
+    unsteered: AtomicU64,
+    mmio_doorbells: AtomicU64,
+    shadow_doorbells: AtomicU64,
 }
 
 impl SimStats {
@@ -30,6 +33,9 @@ impl SimStats {
             bytes_written: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             polls: AtomicU64::new(0),
+            unsteered: AtomicU64::new(0),
+            mmio_doorbells: AtomicU64::new(0),
+            shadow_doorbells: AtomicU64::new(0),
         }
     }
 
@@ -102,10 +108,41 @@ impl SimStats {
         table[usize::from(opcode)].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn count_interrupt(&self, vector: u16) {
+    pub(crate) fn count_interrupt(&self, vector: u16, steered: bool) {
         if let Some(c) = self.interrupts.get(usize::from(vector)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+        if !steered {
+            self.unsteered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Interrupts signalled on a vector whose affinity had not been set:
+    /// on a host those land wherever the default IRQ affinity says,
+    /// isolated CPUs included. A driver that steers every vector before it
+    /// can fire keeps this at 0.
+    pub fn unsteered_interrupts(&self) -> u64 {
+        self.unsteered.load(Ordering::Relaxed)
+    }
+
+    /// I/O SQ tail doorbell values the device took from a register write.
+    pub fn mmio_doorbells(&self) -> u64 {
+        self.mmio_doorbells.load(Ordering::Relaxed)
+    }
+
+    /// I/O SQ tail doorbell values the device took from the shadow doorbell
+    /// buffer (Doorbell Buffer Config) without a register write.
+    pub fn shadow_doorbells(&self) -> u64 {
+        self.shadow_doorbells.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_doorbell(&self, from_shadow: bool) {
+        let counter = if from_shadow {
+            &self.shadow_doorbells
+        } else {
+            &self.mmio_doorbells
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_completion(&self) {
