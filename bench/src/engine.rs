@@ -209,14 +209,25 @@ pub struct Uring {
     waiting_since: Option<Instant>,
     /// Whether `io_uring_enter` takes a timeout (IORING_FEAT_EXT_ARG, 5.11).
     timed_waits: bool,
+    /// Polled completions (`hipri`, IORING_SETUP_IOPOLL): the kernel finds
+    /// them only when asked, so reaping always enters the kernel to poll.
+    polled: bool,
 }
 
 impl Uring {
-    /// A ring of `depth` entries on `file`, with `depth` buffers of `bs`.
-    pub fn new(file: File, depth: usize, bs: usize) -> Result<Uring, String> {
+    /// A ring of `depth` entries on `file`, with `depth` buffers of `bs`;
+    /// `polled` sets it up for polled I/O (fio's `hipri`).
+    pub fn new(file: File, depth: usize, bs: usize, polled: bool) -> Result<Uring, String> {
         let entries = u32::try_from(depth.next_power_of_two().max(1)).unwrap_or(u32::MAX);
-        let ring = IoUring::new(entries).map_err(|e| {
-            format!("setting up an io_uring of {entries} entries (iodepth={depth}): {e}")
+        let mut builder = IoUring::builder();
+        if polled {
+            builder.setup_iopoll();
+        }
+        let ring = builder.build(entries).map_err(|e| {
+            format!(
+                "setting up an io_uring of {entries} entries (iodepth={depth}{}): {e}",
+                if polled { ", hipri" } else { "" }
+            )
         })?;
         let timed_waits = ring.params().is_feature_ext_arg();
         let buffers = (0..depth)
@@ -232,6 +243,7 @@ impl Uring {
             inflight: 0,
             waiting_since: None,
             timed_waits,
+            polled,
         })
     }
 
@@ -239,6 +251,9 @@ impl Uring {
     /// `limit` (without timed waits: a short sleep stands in for the wait
     /// when a limit is set).
     fn enter_and_wait(&mut self, limit: Option<Duration>) -> Result<(), String> {
+        // Polled rings: the kernel spins on the device's poll queue until a
+        // completion arrives (or it must reschedule); no timeout applies.
+        let limit = if self.polled { None } else { limit };
         let outcome = match limit {
             None => self.ring.submit_and_wait(1).map(|_| ()),
             Some(limit) if self.timed_waits => {
@@ -337,7 +352,10 @@ impl Engine for Uring {
             }
             let reaped = out.len() - before;
             self.inflight = self.inflight.saturating_sub(reaped);
-            if reaped > 0 || wait == Wait::No || self.inflight == 0 {
+            // A polled ring has no completion to find unless the kernel is
+            // asked to poll, so "do not wait" still polls.
+            let may_return = wait == Wait::No && !self.polled;
+            if reaped > 0 || may_return || self.inflight == 0 {
                 self.waiting_since = None;
                 return Ok(());
             }

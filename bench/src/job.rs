@@ -122,6 +122,8 @@ pub enum EngineSetup {
         direct: bool,
         /// Whether to open it for writing too.
         write: bool,
+        /// io_uring: polled completions (`hipri`).
+        hipri: bool,
     },
 }
 
@@ -281,12 +283,13 @@ fn build_engine(setup: EngineSetup, depth: usize, bs: usize) -> Result<Box<dyn E
             path,
             direct,
             write,
+            hipri,
         } => {
             let file = engine::open_file(&path, direct, write)
                 .map_err(|e| format!("opening {}: {e}", path.display()))?;
             Ok(match engine {
                 KernelEngine::Psync => Box::new(engine::Psync::new(file, bs)?),
-                KernelEngine::IoUring => Box::new(engine::Uring::new(file, depth, bs)?),
+                KernelEngine::IoUring => Box::new(engine::Uring::new(file, depth, bs, hipri)?),
             })
         }
     }

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use isonvme::runtime::CompletionMode;
+use isonvme::runtime::{CompletionMode, InlineCpus};
 use isonvme_mapping::CpuSet;
 
 use crate::units::{self, SizeSpec};
@@ -173,8 +173,17 @@ pub struct JobOptions {
     pub group_reporting: bool,
     /// `direct=` (kernel engines; default 1, unlike fio's 0).
     pub direct: bool,
-    /// isonvme `completion=`.
+    /// isonvme `completion=` for the CPUs without inline queues.
     pub completion: CompletionMode,
+    /// isonvme `inline_cpus=` (or `completion=inline`): CPUs that reap their
+    /// own interrupt-less CQ inside poll().
+    pub inline: InlineCpus,
+    /// isonvme `shadow_doorbells=`: use Doorbell Buffer Config where the
+    /// controller supports it (default on).
+    pub shadow_doorbells: bool,
+    /// io_uring `hipri`: polled completions (IORING_SETUP_IOPOLL; the
+    /// kernel needs poll queues, `nvme.poll_queues=`).
+    pub hipri: bool,
     /// `isolated=`: the isolated CPUs (default: the host's configuration).
     pub isolated: Option<CpuSet>,
     /// `housekeeping=`: the housekeeping CPUs (the complement of isolated).
@@ -209,6 +218,9 @@ impl Default for JobOptions {
             group_reporting: false,
             direct: true,
             completion: CompletionMode::Interrupt,
+            inline: InlineCpus::None,
+            shadow_doorbells: true,
+            hipri: false,
             isolated: None,
             housekeeping: None,
             given: Vec::new(),
@@ -379,7 +391,25 @@ pub const OPTIONS: &[OptionSpec] = &[
         name: "completion",
         aliases: &[],
         flag: false,
-        help: "isonvme: interrupt, poll or hybrid completion threads (default interrupt)",
+        help: "isonvme: interrupt, poll or hybrid completion threads, or inline (every job CPU reaps its own interrupt-less CQ); default interrupt",
+    },
+    OptionSpec {
+        name: "inline_cpus",
+        aliases: &[],
+        flag: false,
+        help: "isonvme: CPUs with inline-polled queues (none, isolated, all or a cpulist); the others use completion=",
+    },
+    OptionSpec {
+        name: "shadow_doorbells",
+        aliases: &[],
+        flag: false,
+        help: "isonvme: shadow doorbells (Doorbell Buffer Config) where the controller supports them (default 1)",
+    },
+    OptionSpec {
+        name: "hipri",
+        aliases: &[],
+        flag: true,
+        help: "io_uring: polled completions (IORING_SETUP_IOPOLL; boot with nvme.poll_queues=N)",
     },
     OptionSpec {
         name: "isolated",
@@ -728,10 +758,24 @@ impl JobOptions {
                 }
             }
             "completion" => {
-                self.completion = value
-                    .parse::<CompletionMode>()
-                    .map_err(|_| bad(name, value, "interrupt, poll or hybrid"))?;
+                if value == "inline" {
+                    self.completion = CompletionMode::Interrupt;
+                    if self.inline == InlineCpus::None {
+                        self.inline = InlineCpus::All;
+                    }
+                } else {
+                    self.completion = value
+                        .parse::<CompletionMode>()
+                        .map_err(|_| bad(name, value, "interrupt, poll, hybrid or inline"))?;
+                }
             }
+            "inline_cpus" => {
+                self.inline = value.parse::<InlineCpus>().map_err(|_| {
+                    bad(name, value, "none, isolated, all or a CPU list such as 2-3")
+                })?;
+            }
+            "shadow_doorbells" => self.shadow_doorbells = boolean(value)?,
+            "hipri" => self.hipri = boolean(value)?,
             "isolated" => {
                 self.isolated = Some(if value == "none" || value.is_empty() {
                     CpuSet::new()
@@ -795,6 +839,12 @@ impl JobOptions {
                         self.name
                     )));
                 }
+                if self.hipri {
+                    return Err(OptionError(format!(
+                        "job `{}`: hipri applies to ioengine=io_uring; isonvme's polled completions are completion=inline",
+                        self.name
+                    )));
+                }
                 let target = self.target();
                 if let Err(error) = target.parse::<isonvme::device::DeviceName>() {
                     return Err(OptionError(format!(
@@ -811,9 +861,17 @@ impl JobOptions {
                         engine.name()
                     )));
                 }
-                if given("completion") {
+                for isonvme_only in ["completion", "inline_cpus", "shadow_doorbells"] {
+                    if given(isonvme_only) {
+                        return Err(OptionError(format!(
+                            "job `{}`: {isonvme_only}= applies to ioengine=isonvme only",
+                            self.name
+                        )));
+                    }
+                }
+                if self.hipri && engine != EngineKind::IoUring {
                     return Err(OptionError(format!(
-                        "job `{}`: completion= applies to ioengine=isonvme only",
+                        "job `{}`: hipri applies to ioengine=io_uring only",
                         self.name
                     )));
                 }
@@ -872,6 +930,7 @@ mod tests {
                 "verify" => "crc32c",
                 "percentile_list" => "50:99",
                 "completion" => "poll",
+                "inline_cpus" => "isolated",
                 _ => "1",
             };
             let mut job = JobOptions::default();

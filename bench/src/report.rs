@@ -19,6 +19,9 @@ pub struct CpuActivity {
     pub completions: BTreeMap<usize, u64>,
     /// Whether completions were counted at all (not for kernel engines).
     pub completion_counted: bool,
+    /// Completions a job thread reaped itself from its CPU's own
+    /// interrupt-less CQ (inline mode), by CPU: not foreign work.
+    pub inline: BTreeMap<usize, u64>,
     /// Where the interrupt counts come from.
     pub interrupt_sources: Vec<String>,
 }
@@ -32,8 +35,10 @@ pub struct CpuRow {
     pub isolated: bool,
     /// Device interrupts, if counted.
     pub interrupts: Option<u64>,
-    /// Completions handled, if counted.
+    /// Completions handled by isonvme's completion threads, if counted.
     pub completions: Option<u64>,
+    /// Completions the CPU's own job thread reaped inline, if counted.
+    pub inline: Option<u64>,
     /// Job threads that ran on it ("name/jobnum").
     pub threads: Vec<String>,
     /// Their voluntary context switches.
@@ -53,8 +58,12 @@ pub struct IsolationReport {
     pub rows: Vec<CpuRow>,
     /// Interrupts on isolated CPUs (if counted).
     pub isolated_interrupts: Option<u64>,
-    /// Completions on isolated CPUs (if counted).
+    /// Completions handled by completion threads on isolated CPUs (if
+    /// counted).
     pub isolated_completions: Option<u64>,
+    /// Completions the job threads on isolated CPUs reaped inline from
+    /// their own CQs.
+    pub isolated_inline: u64,
     /// The verdict line.
     pub verdict: String,
     /// Whether the isolated CPUs stayed clear (`None`: nothing to check).
@@ -72,7 +81,7 @@ pub fn isolation_report(
     cpus.union_with(
         &split
             .housekeeping
-            .intersection(&isonvme::os::runnable_cpus()),
+            .intersection(&isonvme::os::placeable_cpus()),
     );
     for job in jobs {
         if let Some(cpu) = job.ran_on {
@@ -89,6 +98,9 @@ pub fn isolation_report(
             completions: activity
                 .completion_counted
                 .then(|| activity.completions.get(&cpu).copied().unwrap_or(0)),
+            inline: activity
+                .completion_counted
+                .then(|| activity.inline.get(&cpu).copied().unwrap_or(0)),
             threads: Vec::new(),
             voluntary: 0,
             involuntary: 0,
@@ -123,10 +135,21 @@ pub fn isolation_report(
     } else {
         None
     };
+    let isolated_inline: u64 = rows
+        .iter()
+        .filter(|r| r.isolated)
+        .filter_map(|r| r.inline)
+        .sum();
     let (verdict, clean) = if split.isolated.is_empty() {
         ("no isolated CPUs: nothing to keep clear".to_owned(), None)
     } else {
         match (isolated_interrupts, isolated_completions) {
+            (Some(0), Some(0)) if isolated_inline > 0 => (
+                format!(
+                    "0 interrupts and 0 completion work by other threads on isolated CPUs; their job threads reaped {isolated_inline} completions inline from their own CQs"
+                ),
+                Some(true),
+            ),
             (Some(0), Some(0)) => (
                 "0 interrupts and 0 completion work on isolated CPUs".to_owned(),
                 Some(true),
@@ -168,6 +191,7 @@ pub fn isolation_report(
         rows,
         isolated_interrupts,
         isolated_completions,
+        isolated_inline,
         verdict,
         clean,
     }
@@ -185,7 +209,7 @@ impl IsolationReport {
             or_dash(&self.split.housekeeping)
         ));
         out.push_str(
-            "    CPU  role          device irqs  completions  job threads (ctx vol/invol)\n",
+            "    CPU  role          device irqs  completions  inline reaps  job threads (ctx vol/invol)\n",
         );
         for row in &self.rows {
             let threads = if row.threads.is_empty() {
@@ -199,7 +223,7 @@ impl IsolationReport {
                 )
             };
             out.push_str(&format!(
-                "  {:>5}  {:<12}  {:>11}  {:>11}  {}\n",
+                "  {:>5}  {:<12}  {:>11}  {:>11}  {:>12}  {}\n",
                 row.cpu,
                 if row.isolated {
                     "isolated"
@@ -208,6 +232,7 @@ impl IsolationReport {
                 },
                 dash(row.interrupts),
                 dash(row.completions),
+                dash(row.inline),
                 threads
             ));
         }
@@ -230,12 +255,14 @@ impl IsolationReport {
                 "role": if row.isolated { "isolated" } else { "housekeeping" },
                 "interrupts": row.interrupts,
                 "completions": row.completions,
+                "inline_reaps": row.inline,
                 "job_threads": row.threads,
                 "voluntary_ctx": row.voluntary,
                 "involuntary_ctx": row.involuntary,
             })).collect::<Vec<_>>(),
             "isolated_interrupts": self.isolated_interrupts,
             "isolated_completions": self.isolated_completions,
+            "isolated_inline_reaps": self.isolated_inline,
             "verdict": self.verdict,
             "clean": self.clean,
         })

@@ -235,24 +235,30 @@ fn open_device(
     let first = jobs[0];
     for other in &jobs[1..] {
         let same = other.completion == first.completion
+            && other.inline == first.inline
+            && other.shadow_doorbells == first.shadow_doorbells
             && other.isolated == first.isolated
             && other.housekeeping == first.housekeeping;
         if !same {
             return Err(usage(format!(
-                "jobs `{}` and `{}` share filename={name} but differ in completion=/isolated=/housekeeping=: one device runs one plan",
+                "jobs `{}` and `{}` share filename={name} but differ in completion=/inline_cpus=/shadow_doorbells=/isolated=/housekeeping=: one device runs one plan",
                 first.name, other.name
             )));
         }
     }
     let split = split_for(first, topology)?;
     let mut notes = Vec::new();
+    let controller_options = ControllerOptions {
+        shadow_doorbells: first.shadow_doorbells,
+        ..ControllerOptions::default()
+    };
     let (controller, sim) = if is_sim(name) {
         let sim = SimController::open(name).map_err(|e| usage(format!("filename={name}: {e}")))?;
-        let controller = Controller::open(sim.clone(), ControllerOptions::default())
+        let controller = Controller::open(sim.clone(), controller_options)
             .map_err(|e| failure(format!("{name}: {e}")))?;
         (controller, Some(sim))
     } else {
-        let controller = isonvme::device::open(name, ControllerOptions::default())
+        let controller = isonvme::device::open(name, controller_options)
             .map_err(|e| failure(format!("filename={name}: {e}")))?;
         (controller, None)
     };
@@ -298,6 +304,7 @@ fn open_device(
         RuntimeOptions {
             isolated: Some(split.isolated.clone()),
             mode: first.completion,
+            inline: first.inline.clone(),
             depth,
             max_transfer: max_bs as usize,
             ..RuntimeOptions::default()
@@ -330,11 +337,33 @@ fn open_device(
         }
         pin_threads_named("isonvme-hotplug", &housekeeping_here);
     }
-    let completion = match first.completion {
+    let threads = match first.completion {
         CompletionMode::Interrupt => "interrupt".to_owned(),
         CompletionMode::Poll => "poll".to_owned(),
         CompletionMode::Hybrid { spin } => format!("hybrid (spin {spin:?})"),
     };
+    let layout = runtime.layout();
+    let mut completion = if layout.inline.is_empty() {
+        threads.clone()
+    } else if layout.sqs.iter().all(|(_, _, cpus)| cpus.is_empty()) {
+        "inline on every CPU".to_owned()
+    } else {
+        format!(
+            "inline on CPUs {}, {threads} elsewhere",
+            layout.inline_cpus()
+        )
+    };
+    if !layout.inline_refused.is_empty() {
+        notes.push(format!(
+            "{name}: the controller granted too few queues for inline queue pairs on CPUs {}: they use their vector's shared CQ ({threads})",
+            layout.inline_refused
+        ));
+    }
+    completion.push_str(if info.shadow_doorbells {
+        "; shadow doorbells"
+    } else {
+        "; register doorbells"
+    });
     let vfio_irqs = if sim.is_none() {
         isonvme::irq::HostIrqs::host()
             .find_vfio_msix(name)
@@ -585,7 +614,9 @@ struct Placer {
 
 impl Placer {
     fn new(split: &Split) -> Placer {
-        let runnable = isonvme::os::runnable_cpus();
+        // The cpuset, not the inherited affinity: under isolcpus=domain the
+        // latter leaves out the isolated CPUs job threads belong on.
+        let runnable = isonvme::os::placeable_cpus();
         let mut preferred: Vec<usize> = split
             .isolated
             .iter()
@@ -858,6 +889,7 @@ pub fn execute(config: &Config, overrides: &[RawOption]) -> Result<Outcome, RunE
                             path,
                             direct,
                             write: job.rw.writes(),
+                            hipri: job.hipri,
                         },
                         placer.kernel_cpus(job, clone),
                         target.total,
@@ -1039,6 +1071,16 @@ pub fn execute(config: &Config, overrides: &[RawOption]) -> Result<Outcome, RunE
                 "{}: the runtime's vector counters (interrupt wake-ups of the completion threads)",
                 report_entry.filename
             ));
+        }
+        for queue in &device.runtime.layout().inline {
+            if let Some(counters) = device.runtime.cpu_counters(queue.cpu) {
+                let reaped = counters
+                    .reaped_inline
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if reaped > 0 {
+                    *activity.inline.entry(queue.cpu).or_default() += reaped;
+                }
+            }
         }
         activity.completion_counted = true;
         if let Err(error) = device.runtime.close() {
