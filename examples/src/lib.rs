@@ -61,9 +61,60 @@ pub fn start_helpers_on_housekeeping(topology: &Topology, choice: &Choice) {
     }
 }
 
-/// Parses a completion mode (`interrupt`, `poll`, `hybrid[:TIME]`) for clap.
-pub fn parse_mode(text: &str) -> Result<CompletionMode, String> {
-    text.parse().map_err(|e: isonvme::Error| e.to_string())
+/// How the measured CPU gets its completions: from a housekeeping
+/// completion thread in `mode`, or inline from its own interrupt-less CQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completions {
+    /// How completion threads wait (for the CPUs without inline queues).
+    pub mode: CompletionMode,
+    /// Whether the isolated CPUs reap their own CQs inline.
+    pub inline: bool,
+}
+
+impl Completions {
+    /// The runtime's per-CPU inline choice.
+    pub fn inline_cpus(self) -> isonvme::runtime::InlineCpus {
+        if self.inline {
+            isonvme::runtime::InlineCpus::Isolated
+        } else {
+            isonvme::runtime::InlineCpus::None
+        }
+    }
+
+    /// In words.
+    pub fn name(self) -> String {
+        if self.inline {
+            "inline (the isolated CPU reaps its own interrupt-less CQ)".into()
+        } else {
+            mode_name(self.mode)
+        }
+    }
+}
+
+/// Parses a completion mode (`interrupt`, `poll`, `hybrid`, `inline`) for
+/// clap.
+pub fn parse_mode(text: &str) -> Result<Completions, String> {
+    if text == "inline" {
+        return Ok(Completions {
+            mode: CompletionMode::Interrupt,
+            inline: true,
+        });
+    }
+    text.parse()
+        .map(|mode| Completions {
+            mode,
+            inline: false,
+        })
+        .map_err(|e: isonvme::Error| format!("{e}, or inline"))
+}
+
+/// Parses `on`/`off` for clap.
+pub fn parse_switch(text: &str) -> Result<bool, String> {
+    match text {
+        "on" | "1" | "true" | "yes" => Ok(true),
+        "off" | "0" | "false" | "no" => Ok(false),
+        other => Err(format!("`{other}`: expected on or off")),
+    }
 }
 
 /// Parses a duration such as `10s`, `500ms`, `2m` or `250us` for clap.
@@ -249,10 +300,29 @@ pub fn report_where(runtime: &Runtime, choice: &Choice) {
         };
         parts.push(format!("CPU {cpu}: {count} ({kind})"));
     }
+    let mut inline_reaped = 0;
+    for queue in &runtime.layout().inline {
+        let reaped = runtime.cpu_counters(queue.cpu).map_or(0, |c| {
+            c.reaped_inline.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        if reaped > 0 {
+            inline_reaped += reaped;
+            parts.push(format!(
+                "CPU {}: {reaped} reaped inline by its own thread (own CQ {}, no interrupt)",
+                queue.cpu, queue.cq
+            ));
+        }
+    }
     if parts.is_empty() {
         parts.push("nowhere (no completion was reaped)".into());
     }
     println!("completions handled on: {}", parts.join(", "));
+    if inline_reaped > 0 && total_isolated == 0 && !isolated.is_empty() {
+        println!(
+            "verdict: no other thread's completion work ran on an isolated CPU; the measuring thread reaped its own {inline_reaped} completions inline (isolated: {isolated})"
+        );
+        return;
+    }
     if isolated.is_empty() {
         println!(
             "verdict: no CPU is isolated in this run, so completion work shared CPU {} with the reads",

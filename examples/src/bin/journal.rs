@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use isonvme::dma::DmaBuffer;
-use isonvme::runtime::{CompletionMode, CpuHandle, Runtime, RuntimeOptions};
+use isonvme::runtime::{CpuHandle, Runtime, RuntimeOptions};
 use isonvme::{ControllerOptions, IoCommand};
-use isonvme_examples::{mode_name, parse_mode, pin_to, prepare_host, report_where, Result};
+use isonvme_examples::{parse_mode, pin_to, prepare_host, report_where, Completions, Result};
 
 const SUPER_MAGIC: [u8; 8] = *b"ISOJSUP1";
 const PAGE_MAGIC: [u8; 8] = *b"ISOJPAG1";
@@ -93,9 +93,11 @@ struct Args {
     /// The CPU the writer runs on (default: an isolated CPU, else the highest).
     #[arg(long)]
     cpu: Option<usize>,
-    /// How completion threads wait: interrupt, poll or hybrid.
+    /// How completions reach the writer: interrupt, poll or hybrid (a
+    /// housekeeping completion thread hands them over), or inline (the
+    /// writer reaps its own interrupt-less CQ).
     #[arg(long, default_value = "interrupt", value_parser = parse_mode)]
-    mode: CompletionMode,
+    mode: Completions,
 }
 
 fn main() -> ExitCode {
@@ -175,7 +177,8 @@ fn run(args: Args) -> Result<()> {
         RuntimeOptions {
             topology: Some(topology.clone()),
             isolated: Some(choice.isolated.clone()),
-            mode: args.mode,
+            mode: args.mode.mode,
+            inline: args.mode.inline_cpus(),
             depth: u32::try_from(args.depth + 2).unwrap_or(u32::MAX),
             ..RuntimeOptions::default()
         },
@@ -183,7 +186,7 @@ fn run(args: Args) -> Result<()> {
     .map_err(|e| format!("starting the runtime: {e}"))?;
     println!(
         "runtime: {} completions; the writer runs on CPU {}",
-        mode_name(args.mode),
+        args.mode.name(),
         choice.cpu
     );
 

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use isonvme::runtime::{CompletionMode, CpuHandle, Runtime, RuntimeOptions};
+use isonvme::runtime::{CpuHandle, Runtime, RuntimeOptions};
 use isonvme::{ControllerOptions, IoCommand};
 use isonvme_examples::{
-    host_interrupts, mode_name, or_none, parse_mode, parse_time, pin_to, prepare_host,
-    report_host_interrupts, report_where, Choice, Result,
+    host_interrupts, or_none, parse_mode, parse_switch, parse_time, pin_to, prepare_host,
+    report_host_interrupts, report_where, Choice, Completions, Result,
 };
 
 const IO_BYTES: usize = 4096;
@@ -41,9 +41,15 @@ struct Args {
     /// The CPU to measure on (default: an isolated CPU, else the highest).
     #[arg(long)]
     cpu: Option<usize>,
-    /// How completion threads wait: interrupt, poll or hybrid.
+    /// How completions reach the measuring thread: interrupt, poll or
+    /// hybrid (a housekeeping completion thread hands them over), or inline
+    /// (the thread reaps its own interrupt-less CQ: the lowest latency).
     #[arg(long, default_value = "interrupt", value_parser = parse_mode)]
-    mode: CompletionMode,
+    mode: Completions,
+    /// Shadow doorbells (Doorbell Buffer Config) where the controller
+    /// supports them: on or off.
+    #[arg(long, default_value = "on", value_parser = parse_switch)]
+    shadow_doorbells: bool,
     /// Reads to measure.
     #[arg(long, default_value_t = 100_000)]
     ios: u64,
@@ -71,7 +77,11 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<()> {
     let (topology, choice) = prepare_host(args.cpu)?;
 
-    let controller = isonvme::device::open(&args.device, ControllerOptions::default())
+    let controller_options = ControllerOptions {
+        shadow_doorbells: args.shadow_doorbells,
+        ..ControllerOptions::default()
+    };
+    let controller = isonvme::device::open(&args.device, controller_options)
         .map_err(|e| format!("opening {}: {e}", args.device))?;
     let ns = controller.namespace(args.namespace)?.clone();
     let block_size = ns.block_size as usize;
@@ -102,15 +112,21 @@ fn run(args: Args) -> Result<()> {
         RuntimeOptions {
             topology: Some(topology.clone()),
             isolated: Some(choice.isolated.clone()),
-            mode: args.mode,
+            mode: args.mode.mode,
+            inline: args.mode.inline_cpus(),
             depth: 2,
             ..RuntimeOptions::default()
         },
     )
     .map_err(|e| format!("starting the runtime: {e}"))?;
     println!(
-        "runtime: {} completions, isolated CPUs {}, housekeeping CPUs {}",
-        mode_name(args.mode),
+        "runtime: {} completions, {} doorbells, isolated CPUs {}, housekeeping CPUs {}",
+        args.mode.name(),
+        if runtime.controller().info().shadow_doorbells {
+            "shadow"
+        } else {
+            "register"
+        },
         or_none(&runtime.plan().isolated),
         runtime.plan().housekeeping
     );
