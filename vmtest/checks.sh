@@ -202,3 +202,47 @@ expect_fail() {
     echo "failed (status $rc), but without \"$pattern\""
     return 1
 }
+
+# Polled completions on both sides, QD1: isonvme with inline queues
+# (completion=inline: the job thread reaps its own interrupt-less CQ) on the
+# vfio-pci function $1, and io_uring with polled I/O (hipri; the guest boots
+# with nvme.poll_queues=1) on the block device of the kernel-driven twin $2;
+# $3 is the runtime of each side (after a 1 s ramp). No cpus_allowed: the
+# bench places its job itself, from the CPUs of its cpuset, isolated ones
+# first, and this checks it did so on both sides, that isonvme's isolation
+# verdict is clean, and that the inline reaps were counted. Never judges the
+# speed (TCG).
+bench_polled() {
+    [ $# -eq 3 ] || { echo "usage: bench_polled VFIO_BDF KERNEL_BDF RUNTIME"; return 2; }
+    disk=$(nvme_blockdev "$2") || { echo "$2: no block device"; return 1; }
+    out=/tmp/bench-polled.out
+    set -- --name=qd1-randread --rw=randread --bs=4k --iodepth=1 \
+        --time_based --runtime="$3" --ramp_time=1s \
+        --compare "ioengine=isonvme filename=$1 completion=inline" \
+        --compare "ioengine=io_uring filename=$disk direct=1 hipri=1" \
+        --output-format=normal --eta=never --output="$out"
+    printf 'isonvme-bench'
+    for arg in "$@"; do
+        case "$arg" in *' '*) printf " '%s'" "$arg" ;; *) printf ' %s' "$arg" ;; esac
+    done
+    echo
+    isonvme-bench "$@"
+    rc=$?
+    [ -s "$out" ] && tee /vmtest/results/bench-polled.txt < "$out"
+    if [ "$rc" -ne 0 ]; then
+        echo "isonvme-bench exited with $rc"
+        return 1
+    fi
+    placed=$(grep -cE '^ +[0-9]+ +isolated .*qd1-randread/0' "$out")
+    if [ "$placed" -lt 2 ]; then
+        echo "the job thread ran on an isolated CPU in $placed of the 2 runs (placement must prefer isolated CPUs)"
+        return 1
+    fi
+    first_verdict=$(grep -m1 'verdict:' "$out")
+    case "$first_verdict" in
+        *'reaped'*'inline'*) ;;
+        *) echo "isonvme's verdict does not report clean inline reaping: $first_verdict"; return 1 ;;
+    esac
+    echo "both jobs ran on isolated CPUs; isonvme: $first_verdict"
+    return 0
+}

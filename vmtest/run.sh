@@ -111,6 +111,7 @@ refuse-noiommu  expect_fail 'behind a real IOMMU' identify --device $BDF,noiommu
 refuse-iommufd  expect_fail 'has no VFIO cdev' identify --device $BDF,iommufd
 vmtest          isonvme-vmtest all --device $BDF --namespaces 1,2 --expect-serial $SERIAL --cpus $SMP --isolated $ISOLATED --io-vectors 2
 bench-qd1       bench_qd1 $BDF $KBDF $BENCH_CPU $BENCH_RUNTIME
+bench-polled    bench_polled $BDF $KBDF $BENCH_RUNTIME
 "
 CHECKS=${VMTEST_CHECKS:-$DEFAULT_CHECKS}
 # The no-IOMMU guest: the controller sits in a VFIO no-IOMMU group; isonvme
@@ -505,7 +506,9 @@ guest() {
     # The twin's are the same sizes: the comparison runs on equal devices.
     truncate -s 64M "$run/nvme0n1.img" "$run/nvme1n1.img"
     truncate -s 32M "$run/nvme0n2.img" "$run/nvme1n2.img"
-    cmdline+=" isolcpus=$ISOLCPUS_FLAGS,$ISOLATED hugepages=64 panic=-1 $APPEND_EXTRA"
+    # nvme.poll_queues: the kernel-driven twin gets a poll queue, so
+    # io_uring's polled I/O (fio's hipri) has one to use.
+    cmdline+=" isolcpus=$ISOLCPUS_FLAGS,$ISOLATED hugepages=64 nvme.poll_queues=1 panic=-1 $APPEND_EXTRA"
     if [ "$SHELL_AFTER" = 1 ]; then
         console_args=(-serial mon:stdio)
     else

@@ -10,10 +10,13 @@
 //! controller: `preflight` (sysfs: bound to vfio-pci, IOMMU group node,
 //! hugepages), `vfio-probe` (raw VFIO and one polled admin command, without
 //! the driver: tells a broken VM from a broken driver), `identify`, `io` (write/read/verify on every namespace
-//! through one polled queue pair), `runtime` (the isolation runtime: queue
-//! layout against the plan, I/O from a thread pinned to every CPU including
-//! the isolated ones, and no `vfio-msix` interrupt counted on an isolated
-//! CPU in `/proc/interrupts`), and `all` (every check in that order).
+//! through one polled queue pair), `runtime` (the isolation runtime in each
+//! completion mode — interrupt, poll, hybrid, and inline on the isolated
+//! CPUs: queue layout against the plan, I/O from a thread pinned to every
+//! CPU including the isolated ones, and no interrupt of any of the device's
+//! `vfio-msix` vectors, the admin vector included, counted on an isolated
+//! CPU in `/proc/interrupts` from before the runtime opens to after it
+//! closes), and `all` (every check in that order).
 //! Exit status: 0 when every check passed, 1 when a check failed, 2 on bad
 //! arguments.
 
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use isonvme::dma::DmaBuffer;
 use isonvme::mapping::CpuSet;
-use isonvme::runtime::{CompletionMode, CpuHandle, Runtime, RuntimeOptions};
+use isonvme::runtime::{CompletionMode, CpuHandle, InlineCpus, Runtime, RuntimeOptions};
 use isonvme::{Controller, ControllerOptions, IoCommand, IoQueuePair};
 
 #[derive(Parser)]
@@ -322,24 +325,90 @@ fn io_on(controller: &Controller, opts: &Opts) -> Outcome {
 }
 
 fn runtime(opts: &Opts) -> Outcome {
+    let modes = [
+        ("interrupt", CompletionMode::Interrupt, InlineCpus::None),
+        ("poll", CompletionMode::Poll, InlineCpus::None),
+        (
+            "hybrid",
+            CompletionMode::Hybrid {
+                spin: Duration::from_micros(50),
+            },
+            InlineCpus::None,
+        ),
+        (
+            "inline on isolated CPUs",
+            CompletionMode::Interrupt,
+            InlineCpus::Isolated,
+        ),
+    ];
+    for (name, mode, inline) in modes {
+        println!("  mode {name}:");
+        runtime_in_mode(opts, mode, inline)
+            .map_err(|Failure(why)| Failure(format!("mode {name}: {why}")))?;
+    }
+    Ok(())
+}
+
+/// One mode: open, check the layout, I/O from every CPU, close; then the
+/// device's interrupts counted on each CPU over the whole life of the
+/// runtime. The VFIO device is kept open past `close` (a clone of the
+/// transport) so its `vfio-msix` lines are still in `/proc/interrupts`.
+fn runtime_in_mode(opts: &Opts, mode: CompletionMode, inline: InlineCpus) -> Outcome {
+    let before = Interrupts::read()?;
     let controller = open(opts)?;
+    let transport = std::sync::Arc::clone(controller.transport());
     let runtime_options = RuntimeOptions {
-        mode: CompletionMode::Interrupt,
+        mode,
+        inline: inline.clone(),
         depth: 16,
         ..RuntimeOptions::default()
     };
     let runtime = Runtime::open(controller, runtime_options)
         .map_err(|e| Failure(format!("starting the runtime: {e}")))?;
-    let result = runtime_checks(&runtime, opts);
+    let result = runtime_checks(&runtime, opts, &inline);
     let close = runtime.close();
+    let after = Interrupts::read();
+    drop(transport);
     result?;
-    close.map_err(|e| Failure(format!("closing the runtime: {e}")))
+    close.map_err(|e| Failure(format!("closing the runtime: {e}")))?;
+    let after = after?;
+
+    // What the guest kernel counted, every vector of this device.
+    let device = format!("({})", opts.device);
+    let delta = after.delta(&before, |name| {
+        name.contains("vfio-msix") && name.contains(&device)
+    });
+    let mut total = 0;
+    for (line, per_cpu) in &delta {
+        println!("    /proc/interrupts {line}: {per_cpu:?} (by CPU, open to close)");
+        total += per_cpu.values().sum::<u64>();
+        for cpu in opts.isolated.iter() {
+            let count = per_cpu.get(&cpu).copied().unwrap_or(0);
+            ensure!(
+                count == 0,
+                "{count} interrupts of `{line}` were counted on isolated CPU {cpu}"
+            );
+        }
+    }
+    ensure!(
+        total > 0,
+        "no vfio-msix interrupt of {} was counted from open to close: the check proves nothing \
+         (admin commands alone should fire vector 0)",
+        opts.device
+    );
+    println!(
+        "    {total} vfio-msix interrupts from open to close, none on isolated CPUs {}",
+        opts.isolated
+    );
+    Ok(())
 }
 
-fn runtime_checks(runtime: &Runtime, opts: &Opts) -> Outcome {
+fn runtime_checks(runtime: &Runtime, opts: &Opts, inline: &InlineCpus) -> Outcome {
     let plan = runtime.plan();
     let layout = runtime.layout().clone();
-    print!("  {layout}");
+    for line in layout.to_string().lines() {
+        println!("    {line}");
+    }
     let all: CpuSet = (0..opts.cpus).collect();
     let housekeeping = all.difference(&opts.isolated);
     ensure!(
@@ -373,13 +442,23 @@ fn runtime_checks(runtime: &Runtime, opts: &Opts) -> Outcome {
         "SQs are shared: the controller granted fewer SQs than the {} CPUs (raise max_ioqpairs)",
         opts.cpus
     );
+    let expected_inline = match inline {
+        InlineCpus::Isolated => opts.isolated.clone(),
+        _ => CpuSet::new(),
+    };
     ensure!(
-        layout.sqs.len() == opts.cpus,
+        layout.inline_cpus() == expected_inline && layout.inline_refused.is_empty(),
+        "inline queue pairs on CPUs {} (refused {}), expected {expected_inline}",
+        layout.inline_cpus(),
+        layout.inline_refused
+    );
+    ensure!(
+        layout.sqs.len() + layout.inline.len() == opts.cpus,
         "{} SQs, expected one per CPU ({})",
-        layout.sqs.len(),
+        layout.sqs.len() + layout.inline.len(),
         opts.cpus
     );
-    let mut covered = CpuSet::new();
+    let mut covered = layout.inline_cpus();
     for (sq, cq, cpus) in &layout.sqs {
         ensure!(
             layout.vectors.iter().any(|v| v.1 == *cq),
@@ -388,9 +467,8 @@ fn runtime_checks(runtime: &Runtime, opts: &Opts) -> Outcome {
         covered.union_with(cpus);
     }
     ensure!(covered == all, "SQs serve CPUs {covered}, expected {all}");
-    println!("  layout follows the plan");
+    println!("    layout follows the plan");
 
-    let before = Interrupts::read()?;
     let timeout = Duration::from_secs(opts.io_timeout_secs);
     let mut handles = Vec::new();
     for cpu in 0..opts.cpus {
@@ -420,11 +498,10 @@ fn runtime_checks(runtime: &Runtime, opts: &Opts) -> Outcome {
             })
             .collect()
     });
-    let after = Interrupts::read()?;
     let mut failures = Vec::new();
     for result in results {
         match result {
-            Ok(report) => println!("  {report}"),
+            Ok(report) => println!("    {report}"),
             Err(Failure(why)) => failures.push(why),
         }
     }
@@ -447,7 +524,7 @@ fn runtime_checks(runtime: &Runtime, opts: &Opts) -> Outcome {
             .interrupts
             .load(std::sync::atomic::Ordering::Relaxed);
         println!(
-            "  vector {}: {completions} completions, {interrupts} interrupt wake-ups, {on_isolated} reaped on isolated CPUs",
+            "    vector {}: {completions} completions, {interrupts} interrupt wake-ups, {on_isolated} reaped on isolated CPUs",
             state.vector
         );
         ensure!(
@@ -457,30 +534,27 @@ fn runtime_checks(runtime: &Runtime, opts: &Opts) -> Outcome {
             opts.isolated
         );
     }
-
-    // What the guest kernel counted.
-    let delta = after.delta(&before, |name| name.contains("vfio-msix"));
-    let mut total = 0;
-    for (line, per_cpu) in &delta {
-        println!("  /proc/interrupts {line}: {per_cpu:?} more (by CPU)");
-        total += per_cpu.values().sum::<u64>();
-        for cpu in opts.isolated.iter() {
-            let count = per_cpu.get(&cpu).copied().unwrap_or(0);
-            ensure!(
-                count == 0,
-                "{count} vfio-msix interrupts of `{line}` were counted on isolated CPU {cpu}"
-            );
-        }
+    // Inline CPUs reaped their own completions, all of them.
+    for queue in &runtime.layout().inline {
+        let counters = runtime
+            .cpu_counters(queue.cpu)
+            .ok_or_else(|| Failure(format!("no counters for inline CPU {}", queue.cpu)))?;
+        let reaped = counters
+            .reaped_inline
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let completed = counters
+            .completed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        println!(
+            "    CPU {}: {reaped} of {completed} completions reaped inline from its own CQ {}",
+            queue.cpu, queue.cq
+        );
+        ensure!(
+            reaped > 0 && reaped == completed,
+            "inline CPU {} reaped {reaped} of its {completed} completions itself",
+            queue.cpu
+        );
     }
-    ensure!(
-        total > 0,
-        "no vfio-msix interrupt was counted during the I/O: the interrupt check proves nothing \
-         (are the vectors enabled and the runtime in interrupt mode?)"
-    );
-    println!(
-        "  {total} vfio-msix interrupts during the I/O, none on isolated CPUs {}",
-        opts.isolated
-    );
     Ok(())
 }
 
