@@ -275,3 +275,71 @@ fn a_job_file_runs_its_jobs_together() {
         "the isonvme report covers the sim job"
     );
 }
+
+#[test]
+fn inline_completions_are_reaped_by_the_job_thread_and_reported() {
+    let outcome = common::run(&[
+        "--rw=randread",
+        "--iodepth=4",
+        "--runtime=200ms",
+        "--time_based",
+        "--filename=sim,size=16M",
+        "--completion=inline",
+        "--shadow_doorbells=0",
+    ]);
+    let job = only_job(&outcome);
+    assert!(job.dirs[0].ios > 0);
+    let device = &outcome.devices[0];
+    assert!(
+        device.completion.starts_with("inline on every CPU")
+            && device.completion.ends_with("register doorbells"),
+        "{}",
+        device.completion
+    );
+    assert!(device.layout.contains("inline"), "{}", device.layout);
+    // No completion thread reaped anything: the job thread did it all.
+    let handled: u64 = device.vectors.iter().map(|v| v.3).sum();
+    assert_eq!(handled, 0, "a completion thread reaped inline completions");
+    let cpu = job.pinned.as_ref().and_then(|p| p.first()).unwrap();
+    let row = outcome
+        .isolation
+        .rows
+        .iter()
+        .find(|r| r.cpu == cpu)
+        .expect("a row for the job's CPU");
+    assert!(
+        row.inline.unwrap_or(0) >= job.dirs[0].ios,
+        "inline reaps {:?} < {} I/Os",
+        row.inline,
+        job.dirs[0].ios
+    );
+    if !outcome.isolation.split.isolated.is_empty() {
+        assert_eq!(outcome.isolation.clean, Some(true));
+        assert!(
+            outcome.isolation.verdict.contains("reaped")
+                && outcome.isolation.verdict.contains("inline"),
+            "{}",
+            outcome.isolation.verdict
+        );
+    }
+}
+
+#[test]
+fn isonvme_only_and_io_uring_only_options_are_refused_elsewhere() {
+    for (args, needle) in [
+        (&["--filename=sim", "--hipri"][..], "completion=inline"),
+        (
+            &["--filename=/tmp/x", "--ioengine=psync", "--inline_cpus=all"][..],
+            "inline_cpus= applies to ioengine=isonvme only",
+        ),
+        (
+            &["--filename=sim", "--inline_cpus=x"][..],
+            "none, isolated, all",
+        ),
+    ] {
+        let output = common::bench(args);
+        let (_, error) = common::text(&output);
+        assert!(!output.status.success(), "{args:?} ran");
+        assert!(error.contains(needle), "{args:?}: {error}");
+    }
+}

@@ -285,6 +285,17 @@ mod tests {
     }
 
     #[test]
+    fn placeable_cpus_include_every_cpu_this_thread_may_run_on() {
+        let placeable = placeable_cpus();
+        assert!(!placeable.is_empty());
+        assert!(
+            runnable_cpus().is_subset(&placeable),
+            "runnable {} not within placeable {placeable}",
+            runnable_cpus()
+        );
+    }
+
+    #[test]
     fn a_readable_set_reports_which_descriptors_are_ready() {
         let quiet = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let signalled = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
