@@ -246,3 +246,32 @@ bench_polled() {
     echo "both jobs ran on isolated CPUs; isonvme: $first_verdict"
     return 0
 }
+
+# Not a default check: the QD1 latency figures of docs/benchmarking.md §6.
+# One round on the vfio-pci function $1 and the kernel-driven twin $2, each
+# side $3 long after a 1 s ramp, job threads placed by the bench (isolated
+# CPUs first): isonvme inline vs io_uring polled (hipri), then isonvme
+# interrupt vs isonvme inline without shadow doorbells. $4 names the round
+# in the result files. Run several rounds in one guest boot:
+#   VMTEST_CHECKS="$(for r in 1 2 3; do echo "qd1-$r measure_qd1 0000:00:04.0 0000:00:05.0 5s $r"; done)" vmtest/run.sh
+measure_qd1() {
+    [ $# -eq 4 ] || { echo "usage: measure_qd1 VFIO_BDF KERNEL_BDF RUNTIME ROUND"; return 2; }
+    disk=$(nvme_blockdev "$2") || { echo "$2: no block device"; return 1; }
+    common="--name=qd1-randread --rw=randread --bs=4k --iodepth=1 --time_based --runtime=$3 --ramp_time=1s --eta=never"
+    # shellcheck disable=SC2086  # $common is a list of words
+    isonvme-bench $common \
+        --compare "ioengine=isonvme filename=$1 completion=inline" \
+        --compare "ioengine=io_uring filename=$disk direct=1 hipri=1" \
+        --output="/vmtest/results/qd1-polled-$4.txt" || return 1
+    # shellcheck disable=SC2086
+    isonvme-bench $common \
+        --compare "ioengine=isonvme filename=$1 completion=interrupt" \
+        --compare "ioengine=isonvme filename=$1 completion=inline shadow_doorbells=0" \
+        --output="/vmtest/results/qd1-modes-$4.txt" || return 1
+    for f in "/vmtest/results/qd1-polled-$4.txt" "/vmtest/results/qd1-modes-$4.txt"; do
+        echo "== $f"
+        sed -n '/metric/,/^$/p' "$f"
+        grep -E 'verdict|completion (interrupt|inline)' "$f"
+    done
+    return 0
+}
