@@ -615,3 +615,60 @@ fn an_idle_polling_thread_parks_and_wakes_for_new_work() {
     write_read(&mut handle, 100, 5);
     runtime.close().unwrap();
 }
+
+/// Keeps `handle` at its full depth for `total` reads.
+fn saturate(handle: &mut CpuHandle, total: u64) {
+    let mut free: Vec<_> = (0..handle.capacity())
+        .map(|_| handle.pool().alloc(4096).unwrap())
+        .collect();
+    let (mut submitted, mut completed) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while completed < total {
+        while submitted < total {
+            let Some(buffer) = free.pop() else { break };
+            let command = IoCommand::Read {
+                nsid: 1,
+                lba: submitted % 1024,
+                blocks: 1,
+            };
+            handle.submit(command, Some(buffer), submitted).unwrap();
+            submitted += 1;
+        }
+        handle.ring();
+        handle
+            .poll(|completion| {
+                assert!(completion.result.is_ok());
+                free.push(completion.buffer.unwrap());
+                completed += 1;
+            })
+            .unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "stalled at {completed} of {total} completions ({submitted} submitted)"
+        );
+    }
+}
+
+#[test]
+fn a_lazily_acknowledged_inline_cq_never_fills_up() {
+    // A deep enough CQ (twice the SQ) lets the head doorbell wait; a
+    // controller whose queues cannot be deeper than the SQ forces it to
+    // ring after every batch. Neither may stall at full depth.
+    for sim in ["sim,size=16M", "sim,size=16M,qdepth=8"] {
+        let options = RuntimeOptions {
+            topology: Some(eight_cpus()),
+            isolated: Some(set("2-7")),
+            inline: InlineCpus::Isolated,
+            depth: 8,
+            ..RuntimeOptions::default()
+        };
+        let (sim_controller, runtime) = start(sim, options);
+        let mut handle = runtime.handle(3).unwrap();
+        assert!(handle.is_inline());
+        assert_eq!(handle.capacity(), 7);
+        saturate(&mut handle, 20_000);
+        assert_eq!(sim_controller.stats().invalid_doorbell_writes(), 0, "{sim}");
+        drop(handle);
+        runtime.close().unwrap();
+    }
+}
