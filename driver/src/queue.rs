@@ -322,19 +322,6 @@ impl CompletionQueue {
         CompletionEntry::read_from_bytes(words.as_bytes()).ok()
     }
 
-    /// Tells the device which entries have been consumed, but only once
-    /// at least `lag` of them are waiting to be told: a CQ without
-    /// interrupts needs its head only so the device never finds it full.
-    /// With at most `o` commands outstanding, a CQ of depth `d` stays safe
-    /// for any `lag <= d - o` (consumed-untold plus outstanding entries
-    /// never exceed `d - 1`); `lag` 1 rings after every batch.
-    pub fn ring_doorbell_after(&mut self, lag: u32) {
-        let untold = (self.head + self.depth - self.published_head) % self.depth;
-        if untold >= lag.max(1) {
-            self.ring_doorbell();
-        }
-    }
-
     /// Tells the device which entries have been consumed.
     pub fn ring_doorbell(&mut self) {
         if self.head != self.published_head {

@@ -650,10 +650,10 @@ fn saturate(handle: &mut CpuHandle, total: u64) {
 }
 
 #[test]
-fn a_lazily_acknowledged_inline_cq_never_fills_up() {
-    // A deep enough CQ (twice the SQ) lets the head doorbell wait; a
-    // controller whose queues cannot be deeper than the SQ forces it to
-    // ring after every batch. Neither may stall at full depth.
+fn an_inline_queue_pair_runs_at_full_depth_without_stalling() {
+    // The inline CQ is as deep as the SQ: every slot in flight at once
+    // must still find room for its completion, also when the controller's
+    // queues are no deeper than the runtime's.
     for sim in ["sim,size=16M", "sim,size=16M,qdepth=8"] {
         let options = RuntimeOptions {
             topology: Some(eight_cpus()),

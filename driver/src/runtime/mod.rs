@@ -437,20 +437,15 @@ impl Runtime {
         for cpu in inline_cpus.iter() {
             let cq_id = (cq_ids.len() + 1) as u16;
             let sq_id = (sq_ids.len() + 1) as u16;
-            // Twice the SQ's depth where the controller allows, so the head
-            // doorbell can wait for many completions: with `slots` commands
-            // at most outstanding, `cq_depth - slots` may wait untold.
-            let cq_depth = (2 * depth).min(info.max_queue_depth).max(depth);
-            let cq = controller.create_io_cq(cq_id, cq_depth, None)?;
+            let cq = controller.create_io_cq(cq_id, depth, None)?;
             cq_ids.push(cq_id);
             let sq = controller.create_io_sq(sq_id, depth, cq_id)?;
             sq_ids.push(sq_id);
-            let head_lag = cq_depth - u32::from(slots);
             parts.insert(
                 cpu,
                 HandleParts {
                     path: SubmitPath::Direct(sq),
-                    completions: CompletionPath::Inline { cq, head_lag },
+                    completions: CompletionPath::Inline(cq),
                     cid_base: 0,
                     slots,
                 },
