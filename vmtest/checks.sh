@@ -275,3 +275,27 @@ measure_qd1() {
     done
     return 0
 }
+
+# Not a default check: shadow doorbells on vs off (isonvme inline, job CPU
+# placed by the bench) at QD1 and QD32 on the vfio-pci function $1, each side
+# $2 long after a 1 s ramp; $3 names the round. Then the latency example in
+# poll and inline mode (2 s each). Several rounds in one guest boot:
+#   VMTEST_CHECKS="$(for r in 1 2 3; do echo "shadow-$r measure_shadow 0000:00:04.0 5s $r"; done)" vmtest/run.sh
+measure_shadow() {
+    [ $# -eq 3 ] || { echo "usage: measure_shadow VFIO_BDF RUNTIME ROUND"; return 2; }
+    for depth in 1 32; do
+        out="/vmtest/results/shadow-qd$depth-$3.txt"
+        isonvme-bench --name=randread --rw=randread --bs=4k --iodepth=$depth --time_based \
+            --runtime="$2" --ramp_time=1s --eta=never \
+            --compare "ioengine=isonvme filename=$1 completion=inline shadow_doorbells=1" \
+            --compare "ioengine=isonvme filename=$1 completion=inline shadow_doorbells=0" \
+            --output="$out" || return 1
+        echo "== QD$depth: A shadow doorbells, B register doorbells"
+        sed -n '/metric/,/^$/p' "$out"
+    done
+    for mode in poll inline; do
+        echo "== latency --mode $mode"
+        latency --device "$1" --mode "$mode" --time 2s | grep -E 'reads in|p50|p99 |verdict|host vfio' || return 1
+    done
+    return 0
+}
