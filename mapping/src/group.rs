@@ -51,8 +51,11 @@ pub fn group_cpus_evenly(topology: &Topology, numgrps: usize) -> Option<Groups> 
     Some(Groups { masks, filled })
 }
 
-/// `group_mask_cpus_evenly(numgrps, mask)`: the io_queue series' single
-/// pass over `mask`, from group 0. Returns `None` for zero groups.
+/// `group_mask_cpus_evenly(numgrps, mask)`: the io_queue series' grouping
+/// of `mask`, two-stage since v13 like `group_cpus_evenly`: the present
+/// CPUs of `mask` from group 0, then the rest of `mask` starting after the
+/// last group used (or at 0 if all were used). Returns `None` for zero
+/// groups.
 pub fn group_mask_cpus_evenly(
     topology: &Topology,
     numgrps: usize,
@@ -63,7 +66,12 @@ pub fn group_mask_cpus_evenly(
     }
     let grouper = Grouper::new(topology);
     let mut masks = vec![CpuSet::with_capacity(topology.nr_cpu_ids()); numgrps];
-    let filled = grouper.group(0, numgrps, mask, &mut masks);
+    let present = mask.intersection(topology.present());
+    let nr_present = grouper.group(0, numgrps, &present, &mut masks);
+    let start = if nr_present >= numgrps { 0 } else { nr_present };
+    let absent = mask.difference(&present);
+    let nr_others = grouper.group(start, numgrps, &absent, &mut masks);
+    let filled = (nr_present + nr_others).min(numgrps);
     Some(Groups { masks, filled })
 }
 
@@ -180,15 +188,15 @@ impl<'a> Grouper<'a> {
         };
         // Probe the clusters in the order of their first CPU in the node.
         let mut probe = Remaining::new(node_mask);
-        let mut found: Vec<&[usize]> = Vec::new();
+        let mut found: Vec<std::borrow::Cow<'_, [usize]>> = Vec::new();
         while let Some(cpu) = probe.first() {
-            let cluster = clusters.of(cpu);
-            if cluster.is_empty() {
-                // A CPU without a cluster mask: the kernel gives up on
-                // clusters for the whole node.
-                return false;
-            }
-            for &member in cluster {
+            // A CPU no listed cluster contains is a cluster of its own: the
+            // kernel's default `topology_cluster_cpumask()` is the CPU.
+            let cluster = match clusters.of(cpu) {
+                [] => std::borrow::Cow::Owned(vec![cpu]),
+                listed => std::borrow::Cow::Borrowed(listed),
+            };
+            for &member in cluster.iter() {
                 probe.take(member);
             }
             found.push(cluster);

@@ -13,7 +13,8 @@ pub struct QueueMap {
     pub nr_queues: usize,
     /// Absolute number of this map's first queue.
     pub queue_offset: usize,
-    /// Whether validation failed and every CPU was sent to queue 0.
+    /// Whether validation failed and every CPU was sent to the map's first
+    /// queue (`queue_offset`).
     pub fallback: bool,
     /// CPU → absolute queue number; `None` for an impossible CPU.
     pub cpu_to_queue: Vec<Option<usize>>,
@@ -88,10 +89,14 @@ impl MapContext<'_> {
                 else {
                     return self.fallback(nr_queues, queue_offset);
                 };
+                // v14: mask `idx` is written once, to the highest queue
+                // congruent to it modulo the masks; no rotation by the
+                // offset, and queues that get no mask stay empty.
+                let masks = groups.filled;
                 let mut active = CpuSet::with_capacity(nr_queues);
-                for queue in 0..nr_queues {
-                    let index = (queue_offset + queue) % groups.filled;
-                    for cpu in groups.masks[index].iter() {
+                for (idx, mask) in groups.filled_masks().iter().enumerate() {
+                    let queue = nr_queues - 1 - ((nr_queues - 1 - idx) % masks);
+                    for cpu in mask.iter() {
                         mq_map[cpu] = queue_offset + queue;
                         if topology.online().contains(cpu) {
                             active.insert(queue);
@@ -120,19 +125,25 @@ impl MapContext<'_> {
                 }
                 self.finish(mq_map, nr_queues, queue_offset, false)
             }
-            Some(_) => {
+            Some(housekeeping) => {
                 if nr_queues == 0 {
                     return self.fallback(nr_queues, queue_offset);
                 }
                 let mut covered = CpuSet::with_capacity(topology.nr_cpu_ids());
-                let mut active = CpuSet::with_capacity(nr_queues);
                 for (queue, mask) in vectors.iter().enumerate() {
                     for cpu in mask.iter() {
                         mq_map[cpu] = queue_offset + queue;
                         covered.insert(cpu);
-                        if topology.online().contains(cpu) {
-                            active.insert(queue);
-                        }
+                    }
+                }
+                // v14: the active queues are decided after every mask was
+                // written (a later queue may have taken a CPU from an
+                // earlier one): the final queue of each CPU that is online
+                // and inside the constraint.
+                let mut active = CpuSet::with_capacity(nr_queues);
+                for cpu in covered.intersection(topology.online()).iter() {
+                    if housekeeping.contains(cpu) {
+                        active.insert(mq_map[cpu] - queue_offset);
                     }
                 }
                 self.deal_and_validate(mq_map, &covered, &active, nr_queues, queue_offset)
@@ -154,14 +165,7 @@ impl MapContext<'_> {
         let topology = self.topology;
         let active_queues: Vec<usize> = active.iter().collect();
         if active_queues.is_empty() {
-            // No queue has an online CPU (every housekeeping CPU of the map
-            // is offline). The series would deal the isolated CPUs to
-            // `cpumask_first()` of an empty mask — queue nr_cpu_ids, which
-            // does not exist — and its validation would let that pass. A
-            // queue number that does not exist is never an acceptable
-            // answer for a driver, so this is the one place isonvme
-            // deliberately differs: the map falls back like any other
-            // unusable map.
+            // No queue has an online CPU of the constraint: v14 falls back.
             return self.fallback(nr_queues, queue_offset);
         }
         for (cpu, &queue) in topology
@@ -187,10 +191,10 @@ impl MapContext<'_> {
         self.finish(mq_map, nr_queues, queue_offset, false)
     }
 
-    /// `blk_mq_map_fallback()`: every CPU to queue 0 (literally 0, not the
-    /// map's offset, as the series does).
+    /// `blk_mq_map_fallback()`: every CPU to the map's first queue,
+    /// `queue_offset` (v14).
     fn fallback(&self, nr_queues: usize, queue_offset: usize) -> QueueMap {
-        let mq_map = vec![0usize; self.topology.nr_cpu_ids()];
+        let mq_map = vec![queue_offset; self.topology.nr_cpu_ids()];
         self.finish(mq_map, nr_queues, queue_offset, true)
     }
 

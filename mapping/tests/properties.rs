@@ -211,6 +211,53 @@ proptest! {
     }
 
     #[test]
+    fn queue_maps_follow_the_v14_rules(machine in machine(), params in params()) {
+        let topology = machine.topology();
+        let plan = plan(&topology, &machine.isolated(), &params, Policy::IoQueue).unwrap();
+        if !plan.isolation_active || plan.enospc {
+            return Ok(());
+        }
+        let online = topology.online();
+        let every_map = std::iter::once(&plan.queue_map).chain(plan.irq_queue_maps.iter());
+        for map in every_map {
+            // Fallback sends every possible CPU to the map's own first queue.
+            if map.fallback {
+                for cpu in topology.possible().iter() {
+                    prop_assert_eq!(map.queue_of(cpu), Some(map.queue_offset));
+                }
+                continue;
+            }
+            // Active queues: those an online housekeeping CPU ends on. Every
+            // online CPU ends on an active queue (else the map falls back),
+            // and the isolated CPUs are dealt over the active queues only.
+            let active: std::collections::BTreeSet<usize> = online
+                .intersection(&plan.housekeeping)
+                .iter()
+                .filter_map(|cpu| map.queue_of(cpu))
+                .collect();
+            prop_assert!(!active.is_empty());
+            for cpu in online.iter() {
+                let queue = map.queue_of(cpu).unwrap();
+                prop_assert!(active.contains(&queue), "online CPU {} on inactive queue {}", cpu, queue);
+            }
+        }
+        // The generic map: mask idx of the housekeeping grouping lands on
+        // queue nr_queues - 1 - ((nr_queues - 1 - idx) mod masks), with no
+        // rotation by queue_offset.
+        let map = &plan.queue_map;
+        if !map.fallback {
+            let groups = group_mask_cpus_evenly(&topology, map.nr_queues, &plan.housekeeping).unwrap();
+            let masks = groups.filled;
+            for (idx, mask) in groups.filled_masks().iter().enumerate() {
+                let queue = map.nr_queues - 1 - ((map.nr_queues - 1 - idx) % masks);
+                for cpu in mask.iter() {
+                    prop_assert_eq!(map.queue_of(cpu), Some(map.queue_offset + queue), "CPU {} of mask {}", cpu, idx);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn managed_vectors_never_contain_an_isolated_cpu(machine in machine(), params in params()) {
         let topology = machine.topology();
         let plan = plan(&topology, &machine.isolated(), &params, Policy::IoQueue).unwrap();
@@ -259,7 +306,15 @@ proptest! {
         let topology = machine.topology();
         let mask = topology.possible().difference(&machine.isolated());
         let mask = if mask.is_empty() { topology.possible().clone() } else { mask };
-        let nodes_in_mask = topology.nodes().values().filter(|cpus| cpus.intersects(&mask)).count();
+        let nodes_in = |part: &CpuSet| topology.nodes().values().filter(|cpus| cpus.intersects(part)).count();
+        // v14 groups in two stages: the present CPUs of the mask, then the rest.
+        let present = mask.intersection(topology.present());
+        let absent = mask.difference(&present);
+        let stage = |part: &CpuSet| if part.is_empty() {
+            0
+        } else {
+            groups.min(part.len()).max(groups.min(nodes_in(part)))
+        };
         let result = group_mask_cpus_evenly(&topology, groups, &mask).unwrap();
         // Every CPU of the mask lands in exactly one group.
         let mut seen = CpuSet::new();
@@ -268,22 +323,36 @@ proptest! {
             seen.union_with(group);
         }
         prop_assert_eq!(&seen, &mask);
-        prop_assert_eq!(result.filled, groups.min(mask.len()).max(groups.min(nodes_in_mask)));
-        if groups > nodes_in_mask {
+        prop_assert_eq!(result.filled, groups.min(stage(&present) + stage(&absent)));
+        // Balance holds within the first stage: per node, the present CPUs
+        // each group received differ by at most one.
+        if groups > nodes_in(&present) {
             for node_cpus in topology.nodes().values() {
                 let sizes: Vec<usize> = result
                     .masks
                     .iter()
-                    .filter(|group| group.intersects(node_cpus))
-                    .map(|group| {
-                        prop_assert!(group.is_subset(node_cpus), "group {} spans nodes", group);
-                        Ok(group.len())
+                    .map(|group| group.intersection(&present))
+                    .filter(|part| part.intersects(node_cpus))
+                    .map(|part| {
+                        prop_assert!(part.is_subset(node_cpus), "group {} spans nodes", part);
+                        Ok(part.len())
                     })
                     .collect::<Result<_, TestCaseError>>()?;
                 if let (Some(min), Some(max)) = (sizes.iter().min(), sizes.iter().max()) {
                     prop_assert!(max - min <= 1, "node group sizes {:?}", sizes);
                 }
             }
+        }
+        // The second stage starts after the last group the first one used
+        // (or at 0 when it used them all): its first CPUs land there.
+        if !absent.is_empty() {
+            let first_stage = stage(&present);
+            let start = if first_stage >= groups { 0 } else { first_stage };
+            prop_assert!(
+                result.masks[start].intersects(&absent),
+                "the second stage did not begin at group {} ({}), first stage {} groups",
+                start, result.masks[start], first_stage
+            );
         }
     }
 
