@@ -160,8 +160,10 @@ impl Report<'_> {
             out.push_str("  queue  vector  completions on   submitted from\n");
             self.queue_rows(&mut out, map);
             if map.fallback {
-                out.push_str(
-                    "  (no usable mapping under these constraints: every CPU uses queue 0)\n",
+                let _ = writeln!(
+                    out,
+                    "  (no usable mapping under these constraints: every CPU uses queue {})",
+                    map.queue_offset
                 );
             }
         }
