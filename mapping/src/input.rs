@@ -15,7 +15,7 @@ use crate::{CpuSet, Topology, TopologyError, TopologySpec};
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// Not JSON, or not the expected shape.
-    #[error("the input is not a valid plan request: {0} (expected {{\"topology\": {{...}}, \"params\": {{...}}}} as in spec/examples)")]
+    #[error("the input is not a valid plan request: {0} (expected {{\"topology\": {{...}}, \"params\": {{...}}}}, as in mapping/tests/data/kernel/*.json)")]
     Json(#[from] serde_json::Error),
     /// A node key that is not a number.
     #[error("NUMA node key `{0}` is not a node number")]
@@ -58,15 +58,33 @@ struct TopologyInput {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RequestInput {
     topology: TopologyInput,
     params: PlanParams,
 }
 
+/// A whole example file: the request under `input`, with its id,
+/// description and expected results beside it (not read).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExampleInput {
+    input: RequestInput,
+    #[serde(default)]
+    #[allow(dead_code)]
+    id: serde::de::IgnoredAny,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: serde::de::IgnoredAny,
+    #[serde(default)]
+    #[allow(dead_code)]
+    expected: serde::de::IgnoredAny,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum Document {
-    Example { input: RequestInput },
+    Example(ExampleInput),
     Request(RequestInput),
 }
 
@@ -85,7 +103,9 @@ impl PlanInput {
     /// Parses a request (or a whole example file) from JSON text.
     pub fn from_json(text: &str) -> Result<Self, InputError> {
         let request = match serde_json::from_str::<Document>(text) {
-            Ok(Document::Example { input }) | Ok(Document::Request(input)) => input,
+            Ok(Document::Example(ExampleInput { input, .. })) | Ok(Document::Request(input)) => {
+                input
+            }
             // Re-parse strictly for a message that names the real problem
             // (untagged enums only say "did not match any variant").
             Err(_) => serde_json::from_str::<RequestInput>(text)?,

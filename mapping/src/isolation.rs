@@ -392,7 +392,10 @@ pub fn detect(root: &SysfsRoot, topology: &Topology) -> Result<Isolation, Isolat
 }
 
 /// Checks a user-given isolated set against the machine: every CPU must be
-/// possible, and at least one online CPU must stay for housekeeping work.
+/// possible. The kernel's boot-CPU rule applies as in the planner (when no
+/// present CPU would be left for housekeeping, the boot CPU, the lowest
+/// online one, goes back into housekeeping); after it, at least one online
+/// CPU must be left for housekeeping work.
 pub fn explicit(isolated: CpuSet, topology: &Topology) -> Result<Isolation, IsolationError> {
     let impossible = isolated.difference(topology.possible());
     if !impossible.is_empty() {
@@ -401,6 +404,7 @@ pub fn explicit(isolated: CpuSet, topology: &Topology) -> Result<Isolation, Isol
             possible: topology.possible().clone(),
         });
     }
+    let (isolated, _) = crate::plan::housekeeping_split(topology, &isolated);
     if topology.online().is_subset(&isolated) {
         return Err(IsolationError::NoHousekeeping { isolated });
     }

@@ -69,7 +69,70 @@ pub struct PlanParams {
     pub sets: Option<Vec<usize>>,
 }
 
+/// Most I/O queues a request may name: NVMe queue identifiers are 16-bit.
+pub const MAX_QUEUES: usize = 65_535;
+/// Most unmanaged (pre or post) vectors: the MSI-X table holds 2048.
+pub const MAX_RESERVED_VECTORS: usize = 2048;
+/// Most vector sets (the kernel's `IRQ_AFFINITY_MAX_SETS`).
+pub const MAX_SETS: usize = 4;
+
 impl PlanParams {
+    /// Refuses values no device or kernel can have (they would otherwise
+    /// cost memory in proportion to their size).
+    pub fn check_ranges(&self) -> Result<(), PlanError> {
+        let out = |what, value, limit| Err(PlanError::OutOfRange { what, value, limit });
+        if self.queues > MAX_QUEUES {
+            return out(
+                "queues",
+                self.queues,
+                "at most 65535 (NVMe queue ids are 16-bit)",
+            );
+        }
+        if self.pre_vectors > MAX_RESERVED_VECTORS {
+            return out(
+                "pre_vectors",
+                self.pre_vectors,
+                "at most 2048 (the largest MSI-X table)",
+            );
+        }
+        if self.post_vectors > MAX_RESERVED_VECTORS {
+            return out(
+                "post_vectors",
+                self.post_vectors,
+                "at most 2048 (the largest MSI-X table)",
+            );
+        }
+        if let Some(min) = self.min_vectors {
+            if min > MAX_QUEUES + 2 * MAX_RESERVED_VECTORS {
+                return out(
+                    "min_vectors",
+                    min,
+                    "at most queues + pre_vectors + post_vectors can ever be allocated (69631)",
+                );
+            }
+        }
+        if self.queue_offset.saturating_add(self.queues) > MAX_QUEUES + 1 {
+            return out(
+                "queue_offset",
+                self.queue_offset,
+                "queue_offset + queues must stay within 65536 queues",
+            );
+        }
+        if let Some(sets) = &self.sets {
+            if sets.len() > MAX_SETS {
+                return out(
+                    "sets",
+                    sets.len(),
+                    "at most 4 vector sets (IRQ_AFFINITY_MAX_SETS)",
+                );
+            }
+            if let Some(&size) = sets.iter().find(|&&size| size > MAX_QUEUES) {
+                return out("a set size", size, "at most 65535");
+            }
+        }
+        Ok(())
+    }
+
     /// An NVMe-like request: `queues` I/O queues and one admin pre vector.
     pub fn nvme(queues: usize) -> Self {
         PlanParams {
@@ -94,6 +157,16 @@ pub enum PlanError {
     EmptySet {
         /// The set's index.
         index: usize,
+    },
+    /// A parameter beyond what any device or kernel can have.
+    #[error("{what} = {value} is out of range: {limit}")]
+    OutOfRange {
+        /// The parameter.
+        what: &'static str,
+        /// The value given.
+        value: usize,
+        /// The limit, and why.
+        limit: &'static str,
     },
     /// Isolated CPUs that do not exist on the machine.
     #[error("isolated CPUs {cpus} are not possible CPUs of this machine (possible: {possible})")]
@@ -215,6 +288,7 @@ pub fn plan(
     if params.queues == 0 {
         return Err(PlanError::NoQueues);
     }
+    params.check_ranges()?;
     if let Some(index) = params
         .sets
         .as_deref()
@@ -313,7 +387,7 @@ pub fn plan(
 /// Housekeeping = possible − isolated; if no present CPU would remain, the
 /// boot CPU (the lowest online CPU) goes back into housekeeping, as the
 /// kernel's `housekeeping_setup()` does.
-fn housekeeping_split(topology: &Topology, isolated: &CpuSet) -> (CpuSet, CpuSet) {
+pub(crate) fn housekeeping_split(topology: &Topology, isolated: &CpuSet) -> (CpuSet, CpuSet) {
     let mut isolated = isolated.intersection(topology.possible());
     let mut housekeeping = topology.possible().difference(&isolated);
     if !isolated.is_empty() && !housekeeping.intersects(topology.present()) {

@@ -77,6 +77,56 @@ fn parse_policy(text: &str) -> Result<Policy, String> {
     text.parse()
 }
 
+/// Largest `plan --input` accepted: a request for 8192 CPUs is about
+/// 1 MiB, so this leaves room while bounding what a wrong file costs.
+const MAX_INPUT_BYTES: u64 = 64 << 20;
+
+/// Reads the request from `input` (`-`: standard input), at most
+/// [`MAX_INPUT_BYTES`].
+fn read_request(input: &std::path::Path) -> Result<String, Failure> {
+    use std::io::Read;
+    let reader: Box<dyn Read> = if input.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(input).map_err(|e| {
+            Failure(format!(
+                "cannot read {}: {e} — give the path of a JSON request",
+                input.display()
+            ))
+        })?)
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure(format!("cannot read {}: {e}", input.display())))?;
+    if bytes.len() as u64 > MAX_INPUT_BYTES {
+        return Err(Failure(format!(
+            "{} is larger than {} MiB: a plan request (even for 8192 CPUs, about 1 MiB) is far smaller; check that the file is the JSON request",
+            input.display(),
+            MAX_INPUT_BYTES >> 20
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        Failure(format!(
+            "{} is not UTF-8 text: give the JSON request",
+            input.display()
+        ))
+    })
+}
+
+/// Writes `text` to standard output. A closed pipe (`| head -1`) ends the
+/// program quietly, as it does `cat`.
+fn emit(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => Err(Failure(format!("cannot write the output: {error}"))),
+    }
+}
+
 /// An error for the user: the message names the cause and the fix.
 struct Failure(String);
 
@@ -122,17 +172,7 @@ impl MachineArgs {
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Plan { input, policy } => {
-            let text = if input.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin())
-                    .map_err(|e| Failure(format!("cannot read standard input: {e}")))?
-            } else {
-                std::fs::read_to_string(&input).map_err(|e| {
-                    Failure(format!(
-                        "cannot read {}: {e} — give the path of a JSON request",
-                        input.display()
-                    ))
-                })?
-            };
+            let text = read_request(&input)?;
             let request = PlanInput::from_json(&text)
                 .map_err(|e| Failure(format!("{}: {e}", input.display())))?;
             let plan = plan(
@@ -142,7 +182,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 policy,
             )
             .map_err(|e| Failure(format!("{}: {e}", input.display())))?;
-            println!("{}", serde_json::to_string_pretty(&plan.to_spec_json())?);
+            let mut json = serde_json::to_string_pretty(&plan.to_spec_json())?;
+            json.push('\n');
+            emit(&json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { machine, json } => {
@@ -153,9 +195,11 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 plan: &loaded.plan,
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report.json())?);
+                let mut json = serde_json::to_string_pretty(&report.json())?;
+                json.push('\n');
+                emit(&json)?;
             } else {
-                print!("{}", report.text());
+                emit(&report.text())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -176,10 +220,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     ))
                 })?;
             if verdict.allowed() {
-                println!("CPU {cpu_number} may go offline: {verdict}");
+                emit(&format!("CPU {cpu_number} may go offline: {verdict}\n"))?;
                 Ok(ExitCode::SUCCESS)
             } else {
-                println!("CPU {cpu_number} must stay online: {verdict}");
+                emit(&format!("CPU {cpu_number} must stay online: {verdict}\n"))?;
                 Ok(ExitCode::from(1))
             }
         }
