@@ -97,7 +97,9 @@ impl CpuSet {
     /// Adds `cpu`; returns whether it was newly added.
     pub fn insert(&mut self, cpu: usize) -> bool {
         if cpu >= self.bits.len() {
-            self.bits.grow(cpu + 1);
+            // Geometric growth: a set filled in increasing order (collected
+            // from an iterator) reallocates a logarithmic number of times.
+            self.bits.grow((cpu + 1).max(2 * self.bits.len()));
         }
         !self.bits.put(cpu)
     }
@@ -207,10 +209,23 @@ impl CpuSet {
     /// kernel's `bitmap_parselist`. An empty or blank list is the empty set.
     pub fn parse_list(list: &str, nr_cpu_ids: Option<usize>) -> Result<CpuSet, CpuListError> {
         let trimmed = list.trim();
-        let mut set = CpuSet::new();
         if trimmed.is_empty() {
-            return Ok(set);
+            return Ok(CpuSet::new());
         }
+        // Size the set once, for the highest number written (a bad or
+        // oversized one is refused by the parse below).
+        let highest = trimmed
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|digits| digits.parse::<usize>().ok())
+            .filter(|&cpu| cpu < MAX_CPUS)
+            .max()
+            .unwrap_or(0);
+        let last = if trimmed.contains('N') {
+            nr_cpu_ids.unwrap_or(0)
+        } else {
+            0
+        };
+        let mut set = CpuSet::with_capacity((highest + 1).max(last).min(MAX_CPUS));
         for raw_token in trimmed.split(',') {
             let token = raw_token.trim();
             parse_token(token, trimmed, nr_cpu_ids, &mut set)?;
@@ -396,8 +411,18 @@ impl Serialize for CpuSet {
 
 impl<'de> Deserialize<'de> for CpuSet {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        /// Parses the cpulist where it lies, without copying it first.
+        struct CpuListVisitor;
+        impl serde::de::Visitor<'_> for CpuListVisitor {
+            type Value = CpuSet;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a CPU list such as \"0-3,8\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<CpuSet, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(CpuListVisitor)
     }
 }
 

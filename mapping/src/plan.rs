@@ -384,6 +384,21 @@ pub fn plan(
     })
 }
 
+/// The specification's result object, borrowed from a [`Plan`].
+#[derive(Serialize)]
+struct SpecView<'a> {
+    irq_queue_maps: &'a [QueueMap],
+    isolation_active: bool,
+    housekeeping: &'a CpuSet,
+    num_possible_queues: usize,
+    num_online_queues: usize,
+    nr_vecs: usize,
+    enospc: bool,
+    sets: &'a [usize],
+    queue_map: &'a QueueMap,
+    vectors: &'a [crate::vectors::Vector],
+}
+
 /// Housekeeping = possible − isolated; if no present CPU would remain, the
 /// boot CPU (the lowest online CPU) goes back into housekeeping, as the
 /// kernel's `housekeeping_setup()` does.
@@ -459,17 +474,36 @@ impl Plan {
     /// The plan as the specification's machine-readable object (the
     /// `expected.io_queue` / `expected.mainline` shape).
     pub fn to_spec_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "irq_queue_maps": self.irq_queue_maps,
-            "isolation_active": self.isolation_active,
-            "housekeeping": self.housekeeping,
-            "num_possible_queues": self.num_possible_queues,
-            "num_online_queues": self.num_online_queues,
-            "nr_vecs": self.nr_vecs,
-            "enospc": self.enospc,
-            "sets": self.sets,
-            "queue_map": self.queue_map,
-            "vectors": self.vectors,
-        })
+        serde_json::to_value(self.spec_view()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Writes the specification's result object straight to `out`,
+    /// indented when `pretty` (no intermediate JSON tree: for 8192 CPUs
+    /// that tree costs more than planning).
+    pub fn write_spec_json(
+        &self,
+        out: impl std::io::Write,
+        pretty: bool,
+    ) -> serde_json::Result<()> {
+        if pretty {
+            serde_json::to_writer_pretty(out, &self.spec_view())
+        } else {
+            serde_json::to_writer(out, &self.spec_view())
+        }
+    }
+
+    fn spec_view(&self) -> SpecView<'_> {
+        SpecView {
+            irq_queue_maps: &self.irq_queue_maps,
+            isolation_active: self.isolation_active,
+            housekeeping: &self.housekeeping,
+            num_possible_queues: self.num_possible_queues,
+            num_online_queues: self.num_online_queues,
+            nr_vecs: self.nr_vecs,
+            enospc: self.enospc,
+            sets: &self.sets,
+            queue_map: &self.queue_map,
+            vectors: &self.vectors,
+        }
     }
 }

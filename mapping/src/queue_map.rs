@@ -17,7 +17,9 @@ pub struct QueueMap {
     /// queue (`queue_offset`).
     pub fallback: bool,
     /// CPU → absolute queue number; `None` for an impossible CPU.
-    pub cpu_to_queue: Vec<Option<usize>>,
+    /// (32-bit: queue numbers stay below 65536, and for 8192 CPUs half
+    /// the memory to fault in.)
+    pub cpu_to_queue: Vec<Option<u32>>,
     /// CPU → whether it may go offline; `None` for an offline CPU.
     pub offline_allowed: Vec<Option<bool>>,
 }
@@ -27,7 +29,7 @@ impl QueueMap {
     pub fn queues(&self) -> Vec<CpuSet> {
         let mut queues = vec![CpuSet::new(); self.nr_queues];
         for (cpu, queue) in self.cpu_to_queue.iter().enumerate() {
-            if let Some(index) = queue.and_then(|q| q.checked_sub(self.queue_offset)) {
+            if let Some(index) = queue.and_then(|q| (q as usize).checked_sub(self.queue_offset)) {
                 if let Some(set) = queues.get_mut(index) {
                     set.insert(cpu);
                 }
@@ -38,7 +40,11 @@ impl QueueMap {
 
     /// The absolute queue `cpu` submits to.
     pub fn queue_of(&self, cpu: usize) -> Option<usize> {
-        self.cpu_to_queue.get(cpu).copied().flatten()
+        self.cpu_to_queue
+            .get(cpu)
+            .copied()
+            .flatten()
+            .map(|q| q as usize)
     }
 }
 
@@ -206,10 +212,11 @@ impl MapContext<'_> {
         fallback: bool,
     ) -> QueueMap {
         let topology = self.topology;
-        let cpu_to_queue: Vec<Option<usize>> = mq_map
+        let cpu_to_queue: Vec<Option<u32>> = mq_map
             .iter()
             .enumerate()
-            .map(|(cpu, &queue)| topology.possible().contains(cpu).then_some(queue))
+            // Queue numbers are below 65536 (PlanParams::check_ranges).
+            .map(|(cpu, &queue)| topology.possible().contains(cpu).then_some(queue as u32))
             .collect();
         let offline_allowed = offline_rule(topology, self.housekeeping, &cpu_to_queue);
         QueueMap {
@@ -229,7 +236,7 @@ impl MapContext<'_> {
 pub(crate) fn offline_rule(
     topology: &Topology,
     housekeeping: Option<&CpuSet>,
-    cpu_to_queue: &[Option<usize>],
+    cpu_to_queue: &[Option<u32>],
 ) -> Vec<Option<bool>> {
     let online = topology.online();
     let mut allowed: Vec<Option<bool>> = (0..cpu_to_queue.len())
@@ -244,15 +251,20 @@ pub(crate) fn offline_rule(
         online_housekeeping: Vec<usize>,
         has_online_isolated: bool,
     }
-    let mut queues: std::collections::HashMap<usize, QueueState> = Default::default();
-    for cpu in online.iter() {
-        let Some(queue) = cpu_to_queue.get(cpu).copied().flatten() else {
-            continue;
-        };
-        let state = queues.entry(queue).or_insert(QueueState {
+    // Indexed by queue number (queue numbers are bounded by the plan's
+    // parameters); no hashing per CPU.
+    let highest = cpu_to_queue.iter().flatten().copied().max().unwrap_or(0) as usize;
+    let mut queues: Vec<QueueState> = (0..=highest)
+        .map(|_| QueueState {
             online_housekeeping: Vec::new(),
             has_online_isolated: false,
-        });
+        })
+        .collect();
+    for cpu in online.iter() {
+        let Some(queue) = cpu_to_queue.get(cpu).copied().flatten().map(|q| q as usize) else {
+            continue;
+        };
+        let state = &mut queues[queue];
         if housekeeping.contains(cpu) {
             if state.online_housekeeping.len() < 2 {
                 state.online_housekeeping.push(cpu);
@@ -262,7 +274,7 @@ pub(crate) fn offline_rule(
         }
     }
     let mut every_housekeeping_blocked = false;
-    for state in queues.values().filter(|s| s.has_online_isolated) {
+    for state in queues.iter().filter(|s| s.has_online_isolated) {
         match state.online_housekeeping.as_slice() {
             [] => every_housekeeping_blocked = true,
             [only] => allowed[*only] = Some(false),

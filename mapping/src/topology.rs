@@ -67,12 +67,25 @@ pub enum TopologyError {
 }
 
 /// Groups of CPUs that partition (part of) the CPU space, such as SMT
-/// sibling sets or clusters, stored compactly: each group as a sorted list
-/// and a per-CPU index into the groups. A CPU in no group has no entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// sibling sets or clusters, stored compactly: every group's sorted CPUs
+/// one after another in one vector, where each group starts, and a per-CPU
+/// index into the groups. A CPU in no group has no entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuGroups {
-    groups: Vec<Vec<usize>>,
+    members: Vec<usize>,
+    /// Group `i` is `members[starts[i]..starts[i + 1]]`.
+    starts: Vec<usize>,
     group_of: Vec<Option<u32>>,
+}
+
+impl Default for CpuGroups {
+    fn default() -> Self {
+        CpuGroups {
+            members: Vec::new(),
+            starts: vec![0],
+            group_of: Vec::new(),
+        }
+    }
 }
 
 impl CpuGroups {
@@ -82,57 +95,97 @@ impl CpuGroups {
         sets: impl IntoIterator<Item = CpuSet>,
         what: &'static str,
     ) -> Result<Self, TopologyError> {
-        let mut out = CpuGroups::default();
-        for set in sets {
-            if set.is_empty() {
-                continue;
-            }
-            let cpus: Vec<usize> = set.iter().collect();
-            let index = out.groups.len();
-            let mut duplicate = false;
-            for &cpu in &cpus {
-                if out.group_of.len() <= cpu {
-                    out.group_of.resize(cpu + 1, None);
-                }
-                if let Some(existing) = out.group_of[cpu] {
-                    let existing = existing as usize;
-                    if out.groups[existing] == cpus {
-                        duplicate = true;
-                        break;
-                    }
-                    return Err(TopologyError::OverlappingGroups {
-                        cpu,
-                        what,
-                        first: out.groups[existing].iter().copied().collect(),
-                        second: set.clone(),
-                    });
-                }
-                out.group_of[cpu] = Some(index as u32);
-            }
-            if !duplicate {
-                out.groups.push(cpus);
+        CpuGroups::from_lists(sets.into_iter().map(|set| set.iter().collect()), what)
+    }
+
+    /// Fails when a group names a CPU outside `possible`.
+    fn check_within(&self, possible: &CpuSet, what: &str) -> Result<(), TopologyError> {
+        for group in self.groups() {
+            if group.iter().any(|&cpu| !possible.contains(cpu)) {
+                let set: CpuSet = group.iter().copied().collect();
+                return Err(TopologyError::UnknownCpu {
+                    what: what.to_string(),
+                    cpus: set.difference(possible),
+                    possible: possible.clone(),
+                });
             }
         }
+        Ok(())
+    }
+
+    /// As [`CpuGroups::new`], from each group's CPUs in increasing order
+    /// without duplicates.
+    pub fn from_lists(
+        lists: impl IntoIterator<Item = Vec<usize>>,
+        what: &'static str,
+    ) -> Result<Self, TopologyError> {
+        let mut out = CpuGroups::default();
+        for cpus in lists {
+            out.add(&cpus, what)?;
+        }
         Ok(out)
+    }
+
+    /// Adds one group (its CPUs in increasing order, no duplicates); a
+    /// group already there is kept once, a group overlapping another is an
+    /// error.
+    pub fn add(&mut self, cpus: &[usize], what: &'static str) -> Result<(), TopologyError> {
+        if cpus.is_empty() {
+            return Ok(());
+        }
+        debug_assert!(cpus.windows(2).all(|w| w[0] < w[1]), "unsorted group");
+        // A repeated group (sysfs lists one per member CPU) shows at its
+        // first CPU.
+        if let Some(existing) = self.group_of.get(cpus[0]).copied().flatten() {
+            if self.group(existing as usize) == cpus {
+                return Ok(());
+            }
+        }
+        let index = self.starts.len() - 1;
+        for &cpu in cpus {
+            if self.group_of.len() <= cpu {
+                self.group_of.resize(cpu + 1, None);
+            }
+            if let Some(existing) = self.group_of[cpu] {
+                // Undo this group's entries before reporting.
+                for &done in cpus.iter().take_while(|&&c| c != cpu) {
+                    self.group_of[done] = None;
+                }
+                return Err(TopologyError::OverlappingGroups {
+                    cpu,
+                    what,
+                    first: self.group(existing as usize).iter().copied().collect(),
+                    second: cpus.iter().copied().collect(),
+                });
+            }
+            self.group_of[cpu] = Some(index as u32);
+        }
+        self.members.extend_from_slice(cpus);
+        self.starts.push(self.members.len());
+        Ok(())
+    }
+
+    fn group(&self, index: usize) -> &[usize] {
+        &self.members[self.starts[index]..self.starts[index + 1]]
     }
 
     /// The sorted CPUs of the group holding `cpu`; empty when `cpu` is in
     /// no group (the kernel's empty topology mask).
     pub fn of(&self, cpu: usize) -> &[usize] {
         match self.group_of.get(cpu).copied().flatten() {
-            Some(index) => &self.groups[index as usize],
+            Some(index) => self.group(index as usize),
             None => &[],
         }
     }
 
     /// All groups, each sorted, in the order they were given.
-    pub fn groups(&self) -> &[Vec<usize>] {
-        &self.groups
+    pub fn groups(&self) -> impl ExactSizeIterator<Item = &[usize]> + '_ {
+        (0..self.starts.len() - 1).map(|index| self.group(index))
     }
 
     /// Every CPU named by some group.
     pub fn all_cpus(&self) -> CpuSet {
-        self.groups.iter().flatten().copied().collect()
+        self.members.iter().copied().collect()
     }
 }
 
@@ -174,14 +227,32 @@ pub struct TopologySpec {
 impl Topology {
     /// Validates `spec` and builds the topology.
     pub fn new(spec: TopologySpec) -> Result<Self, TopologyError> {
-        let TopologySpec {
-            possible,
-            present,
-            online,
-            mut nodes,
+        let siblings = CpuGroups::new(spec.siblings, "SMT sibling")?;
+        let clusters = spec
+            .clusters
+            .map(|sets| CpuGroups::new(sets, "cluster"))
+            .transpose()?;
+        Topology::from_groups(
+            spec.possible,
+            spec.present,
+            spec.online,
+            spec.nodes,
             siblings,
             clusters,
-        } = spec;
+        )
+    }
+
+    /// Validates and builds the topology from sibling and cluster groups
+    /// already built (see [`CpuGroups::from_lists`]: thousands of small
+    /// groups far up the CPU space cost less as lists than as bitsets).
+    pub fn from_groups(
+        possible: CpuSet,
+        present: CpuSet,
+        online: CpuSet,
+        mut nodes: BTreeMap<usize, CpuSet>,
+        siblings: CpuGroups,
+        clusters: Option<CpuGroups>,
+    ) -> Result<Self, TopologyError> {
         if possible.is_empty() {
             return Err(TopologyError::NoPossibleCpu);
         }
@@ -236,30 +307,10 @@ impl Topology {
         if !homeless.is_empty() {
             nodes.entry(0).or_default().union_with(&homeless);
         }
-        let check_groups = |sets: &[CpuSet], what: &str| -> Result<(), TopologyError> {
-            let mut named = CpuSet::new();
-            for set in sets {
-                named.union_with(set);
-            }
-            let unknown = named.difference(&possible);
-            if unknown.is_empty() {
-                Ok(())
-            } else {
-                Err(TopologyError::UnknownCpu {
-                    what: what.to_string(),
-                    cpus: unknown,
-                    possible: possible.clone(),
-                })
-            }
-        };
-        check_groups(&siblings, "an SMT sibling group")?;
+        siblings.check_within(&possible, "an SMT sibling group")?;
         if let Some(clusters) = &clusters {
-            check_groups(clusters, "a cluster")?;
+            clusters.check_within(&possible, "a cluster")?;
         }
-        let siblings = CpuGroups::new(siblings, "SMT sibling")?;
-        let clusters = clusters
-            .map(|sets| CpuGroups::new(sets, "cluster"))
-            .transpose()?;
         Ok(Topology {
             possible,
             present,

@@ -172,7 +172,7 @@ fn params() -> impl Strategy<Value = PlanParams> {
 fn assert_map_covers_possible(map: &QueueMap, topology: &Topology) -> Result<(), TestCaseError> {
     prop_assert_eq!(map.cpu_to_queue.len(), topology.nr_cpu_ids());
     for cpu in 0..topology.nr_cpu_ids() {
-        let queue = map.cpu_to_queue[cpu];
+        let queue = map.cpu_to_queue[cpu].map(|q| q as usize);
         if !topology.possible().contains(cpu) {
             prop_assert_eq!(queue, None);
             continue;

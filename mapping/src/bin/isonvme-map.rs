@@ -4,6 +4,7 @@
 //! Exit status: 0 on success (and for `can-offline`, "may go offline"),
 //! 1 when `can-offline` answers "must stay online", 2 on any error.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,6 +37,10 @@ enum Command {
         /// The kernel behaviour to reproduce.
         #[arg(long, default_value = "io_queue", value_parser = parse_policy)]
         policy: Policy,
+        /// Indent the JSON (the default on a terminal; piped or redirected
+        /// output is compact, a third of the size for large machines).
+        #[arg(long)]
+        pretty: bool,
     },
     /// Show the plan for this machine.
     Show {
@@ -85,17 +90,22 @@ const MAX_INPUT_BYTES: u64 = 64 << 20;
 /// [`MAX_INPUT_BYTES`].
 fn read_request(input: &std::path::Path) -> Result<String, Failure> {
     use std::io::Read;
+    let mut size_hint = 0;
     let reader: Box<dyn Read> = if input.as_os_str() == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(std::fs::File::open(input).map_err(|e| {
+        let file = std::fs::File::open(input).map_err(|e| {
             Failure(format!(
                 "cannot read {}: {e} — give the path of a JSON request",
                 input.display()
             ))
-        })?)
+        })?;
+        // One allocation of the right size, not a doubling series (each
+        // step a fresh set of pages to fault in).
+        size_hint = file.metadata().map_or(0, |m| m.len().min(MAX_INPUT_BYTES)) as usize;
+        Box::new(file)
     };
-    let mut bytes = Vec::new();
+    let mut bytes = Vec::with_capacity(size_hint + 1);
     reader
         .take(MAX_INPUT_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -171,7 +181,11 @@ impl MachineArgs {
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
-        Command::Plan { input, policy } => {
+        Command::Plan {
+            input,
+            policy,
+            pretty,
+        } => {
             let text = read_request(&input)?;
             let request = PlanInput::from_json(&text)
                 .map_err(|e| Failure(format!("{}: {e}", input.display())))?;
@@ -182,10 +196,19 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 policy,
             )
             .map_err(|e| Failure(format!("{}: {e}", input.display())))?;
-            let mut json = serde_json::to_string_pretty(&plan.to_spec_json())?;
-            json.push('\n');
-            emit(&json)?;
-            Ok(ExitCode::SUCCESS)
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+            let written = plan
+                .write_spec_json(&mut out, pretty || std::io::stdout().is_terminal())
+                .map_err(std::io::Error::from)
+                .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
+                .and_then(|()| std::io::Write::flush(&mut out));
+            match written {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+                    std::process::exit(0)
+                }
+                Err(error) => Err(Failure(format!("cannot write the output: {error}"))),
+            }
         }
         Command::Show { machine, json } => {
             let loaded = machine.load()?;
