@@ -219,8 +219,8 @@ pub struct TopologySpec {
     pub siblings: Vec<CpuSet>,
     /// Cluster groups (CPUs sharing an L2 on x86), or `None` when the kernel
     /// has no cluster masks (before cluster-aware grouping). A CPU in none
-    /// has an empty cluster mask, which turns cluster grouping off for its
-    /// node, as in the kernel.
+    /// is a cluster of its own, as the kernel's default
+    /// `topology_cluster_cpumask()` is the CPU itself.
     pub clusters: Option<Vec<CpuSet>>,
 }
 
