@@ -110,6 +110,23 @@ impl DmaPool {
         }
     }
 
+    /// Whether `buffer` came from this pool, so its IOVA is one this
+    /// controller's device can reach (another controller's IOVA could
+    /// name this device's own queue memory).
+    pub fn owns(&self, buffer: &DmaBuffer) -> bool {
+        Arc::ptr_eq(&self.inner, &buffer.pool)
+    }
+
+    /// Fails with [`crate::Error::ForeignBuffer`] unless [`DmaPool::owns`]
+    /// `buffer`.
+    pub(crate) fn check_owns(&self, buffer: &DmaBuffer) -> crate::Result<()> {
+        if self.owns(buffer) {
+            Ok(())
+        } else {
+            Err(crate::Error::ForeignBuffer)
+        }
+    }
+
     /// A zeroed buffer of at least `len` bytes (rounded up to whole pages).
     pub fn alloc(&self, len: usize) -> Result<DmaBuffer, DmaError> {
         if len == 0 {

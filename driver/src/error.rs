@@ -53,6 +53,10 @@ pub enum Error {
     /// The caller asked for something impossible.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A DMA buffer from another controller's pool: its IOVA means nothing
+    /// (or the wrong memory) to this device.
+    #[error("the DMA buffer was allocated from another controller's pool, whose addresses this device cannot use: allocate it from this controller's pool (Controller::pool, CpuHandle::pool)")]
+    ForeignBuffer,
     /// The submission queue has no free slot: poll for completions first.
     #[error("the submission queue is full: poll completions before submitting more")]
     QueueFull,

@@ -295,6 +295,9 @@ impl IoQueuePair {
         buffer: Option<DmaBuffer>,
         tag: u64,
     ) -> std::result::Result<(), Rejected> {
+        if let Some(error) = buffer.as_ref().and_then(|b| self.pool.check_owns(b).err()) {
+            return Err(Rejected { error, buffer });
+        }
         let data_len = buffer.as_ref().map_or(0, DmaBuffer::len);
         let transfer = self.commands.transfer_len(command);
         let segment = buffer.as_ref().map(|b| Segment {
@@ -478,6 +481,9 @@ impl IoQueuePair {
     /// (filled in order, each a whole number of blocks) into commands of at
     /// most MDTS bytes, and runs them.
     fn transfer(&mut self, write: bool, nsid: u32, lba: u64, buffers: &[&DmaBuffer]) -> Result<()> {
+        for buffer in buffers {
+            self.pool.check_owns(buffer)?;
+        }
         let ns = self.namespace(nsid)?.clone();
         let block = ns.block_size as usize;
         let total: usize = buffers.iter().map(|b| b.len()).sum();

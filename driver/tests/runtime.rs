@@ -672,3 +672,43 @@ fn an_inline_queue_pair_runs_at_full_depth_without_stalling() {
         runtime.close().unwrap();
     }
 }
+
+#[test]
+fn a_handle_refuses_a_buffer_of_another_controller() {
+    let options = RuntimeOptions {
+        topology: Some(eight_cpus()),
+        isolated: Some(set("2-7")),
+        inline: InlineCpus::Isolated,
+        ..RuntimeOptions::default()
+    };
+    let (_sim, runtime) = start("sim,size=16M", options);
+    let other = Controller::open(
+        SimController::open("sim,size=16M").unwrap(),
+        ControllerOptions::default(),
+    )
+    .unwrap();
+    for cpu in [0, 3] {
+        let mut handle = runtime.handle(cpu).unwrap();
+        let foreign = other.pool().alloc(4096).unwrap();
+        let rejected = handle
+            .submit(
+                IoCommand::Read {
+                    nsid: 1,
+                    lba: 0,
+                    blocks: 1,
+                },
+                Some(foreign),
+                1,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(rejected.error, isonvme::Error::ForeignBuffer),
+            "CPU {cpu}: {}",
+            rejected.error
+        );
+        assert!(rejected.buffer.is_some());
+        assert_eq!(handle.outstanding(), 0);
+        write_read(&mut handle, 0, 1);
+    }
+    runtime.close().unwrap();
+}

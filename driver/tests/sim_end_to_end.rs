@@ -381,3 +381,47 @@ fn shadow_doorbells_are_used_where_supported_and_switchable_off() {
     assert!(!used);
     assert_eq!((configs, from_shadow), (0, 0));
 }
+
+#[test]
+fn a_buffer_of_another_controller_is_refused() {
+    let (_sim_a, a) = open("sim,size=16M");
+    let (_sim_b, b) = open("sim,size=16M");
+    let mut queue = IoQueuePair::create(&b, 1, 8, None).unwrap();
+    let foreign = a.pool().alloc(4096).unwrap();
+    let iova = foreign.iova();
+    let rejected = queue
+        .submit(
+            IoCommand::Read {
+                nsid: 1,
+                lba: 0,
+                blocks: 1,
+            },
+            Some(foreign),
+            7,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(rejected.error, Error::ForeignBuffer),
+        "{}",
+        rejected.error
+    );
+    assert!(rejected
+        .error
+        .to_string()
+        .contains("another controller's pool"));
+    let mut foreign = rejected.buffer.expect("the buffer comes back");
+    assert_eq!(foreign.iova(), iova);
+    assert!(matches!(
+        queue.read(1, 0, &mut foreign),
+        Err(Error::ForeignBuffer)
+    ));
+    assert!(matches!(
+        queue.write(1, 0, &foreign),
+        Err(Error::ForeignBuffer)
+    ));
+    assert_eq!(queue.outstanding(), 0, "nothing reached the device");
+    // Its own buffers still work.
+    let mut own = b.pool().alloc(4096).unwrap();
+    queue.read(1, 0, &mut own).unwrap();
+    assert!(a.pool().owns(&foreign) && !b.pool().owns(&foreign) && b.pool().owns(&own));
+}

@@ -251,6 +251,11 @@ impl CpuHandle {
                 "the controller was stopped after a lost command",
             ));
         }
+        if let Some(buffer) = buffer {
+            // A pointer comparison: another controller's IOVA could name
+            // this device's own queue memory.
+            self.pool.check_owns(buffer)?;
+        }
         let data_len = buffer.map_or(0, DmaBuffer::len);
         let mut entry = self.commands.entry_for(command, data_len)?;
         let slot_index = *self.inflight.free.last().ok_or(Error::QueueFull)?;

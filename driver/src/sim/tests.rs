@@ -16,7 +16,7 @@ use crate::nvme::regs::offset;
 use crate::nvme::{
     doorbell_offset, num_queues_from_dw0, ActiveNamespaceList, Aqa, Cap, Cc, CommandSpecificStatus,
     CompletionEntry, Csts, DsmRange, GenericStatus, IdentifyCns, IdentifyController,
-    IdentifyNamespace, MediaStatus, NvmeStatus, QueuePriority, ShutdownNotification,
+    IdentifyNamespace, IoOpcode, MediaStatus, NvmeStatus, QueuePriority, ShutdownNotification,
     ShutdownStatus, StatusCode, SubmissionEntry,
 };
 
@@ -915,7 +915,14 @@ fn deleting_an_sq_aborts_its_delayed_commands() {
     h.enable(4);
     h.create_pair(1, 8, 0, false);
     let cid = h.submit(1, SubmissionEntry::flush(1));
-    std::thread::sleep(Duration::from_millis(10));
+    // The delete must find the flush fetched and pending (not merely
+    // queued, which it would drop unfetched): wait for the fetch itself
+    // rather than for a while.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.sim.stats().io_commands(IoOpcode::Flush as u8) == 0 {
+        assert!(Instant::now() < deadline, "the flush was never fetched");
+        std::thread::sleep(Duration::from_micros(100));
+    }
     h.ok(0, SubmissionEntry::delete_io_sq(1));
     let c = h.reap(1);
     assert_eq!(c.cid, cid);
