@@ -141,6 +141,13 @@ pub fn parse_time(text: &str) -> Result<Duration, String> {
     if !(seconds > 0.0 && seconds.is_finite()) {
         return Err(format!("`{text}`: the duration must be positive"));
     }
+    // Deadlines are computed from it; a longer run is not a benchmark.
+    const LONGEST: f64 = 30.0 * 24.0 * 3600.0;
+    if seconds > LONGEST {
+        return Err(format!(
+            "`{text}` is too long: give at most 30 days (at most 43200m)"
+        ));
+    }
     Ok(Duration::from_secs_f64(seconds))
 }
 

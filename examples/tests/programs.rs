@@ -159,3 +159,61 @@ fn examples_fail_clearly_on_a_missing_device() {
         assert!(!message.contains("panicked"), "{message}");
     }
 }
+
+#[test]
+fn out_of_range_options_are_clear_errors_not_panics() {
+    for (binary, args, needle) in [
+        (
+            env!("CARGO_BIN_EXE_latency"),
+            &["--time", "10000000000000000000s"][..],
+            "too long: give at most 30 days",
+        ),
+        (
+            env!("CARGO_BIN_EXE_latency"),
+            &["--time", "18446744073709551616s"][..],
+            "too long",
+        ),
+        (
+            env!("CARGO_BIN_EXE_identify"),
+            &["--device", "sim,size"][..],
+            "simulator option `size` needs a value",
+        ),
+        (
+            env!("CARGO_BIN_EXE_journal"),
+            &["--device", "sim", "--depth", "18446744073709551615"][..],
+            "give at most 4094",
+        ),
+        (
+            env!("CARGO_BIN_EXE_journal"),
+            &["--device", "sim", "--depth", "2000", "--pages", "64"][..],
+            "give --depth 1022 or less",
+        ),
+    ] {
+        let output = run(binary, args);
+        let message = stderr(&output);
+        assert!(!output.status.success(), "{binary} {args:?} succeeded");
+        assert!(message.contains(needle), "{binary} {args:?}: {message}");
+        assert!(
+            !message.contains("panicked"),
+            "{binary} {args:?}: {message}"
+        );
+    }
+}
+
+#[test]
+fn latency_runs_inline_and_says_who_reaped() {
+    let output = run(
+        env!("CARGO_BIN_EXE_latency"),
+        &["--ios", "2000", "--warmup", "100", "--mode", "inline"],
+    );
+    let text = stdout(&output);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(text.contains("2000 reads in"), "{text}");
+    assert!(text.contains("inline"), "{text}");
+    if text.contains("isolated: ") {
+        assert!(
+            text.contains("reaped its own"),
+            "the verdict names the inline reaping: {text}"
+        );
+    }
+}

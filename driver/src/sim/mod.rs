@@ -98,6 +98,14 @@ pub enum SimError {
         /// The keys the simulator accepts.
         known: &'static str,
     },
+    /// A known option written without its value.
+    #[error("simulator option `{key}` needs a value: write {key}=<value> (e.g. {example})")]
+    MissingValue {
+        /// The key as given.
+        key: String,
+        /// An example of the option with a value.
+        example: &'static str,
+    },
     /// An option with a value out of range or unparsable.
     #[error("invalid value {value:?} for simulator option `{key}`: expected {expected}")]
     InvalidOption {

@@ -11,6 +11,29 @@ use super::SimError;
 const KNOWN_KEYS: &str =
     "size, lba, namespaces, file, queues, qdepth, vectors, mdts, dstrd, latency, iops, serial, model, spin, idle, dbbuf";
 
+/// An example setting of `key`, for a known key written without a value.
+fn example_of(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "size" => "size=4G",
+        "lba" => "lba=512",
+        "namespaces" => "namespaces=2",
+        "file" => "file=/var/tmp/ns1.img",
+        "queues" => "queues=8",
+        "qdepth" => "qdepth=256",
+        "vectors" => "vectors=9",
+        "mdts" => "mdts=5",
+        "dstrd" => "dstrd=0",
+        "latency" => "latency=20us",
+        "iops" => "iops=500000",
+        "serial" => "serial=SIM1",
+        "model" => "model=sim",
+        "spin" => "spin=50us",
+        "idle" => "idle=1ms",
+        "dbbuf" => "dbbuf=off",
+        _ => return None,
+    })
+}
+
 /// Completion latency per command class (zero, fixed, or per operation).
 ///
 /// Admin commands always complete as soon as they are executed; the model
@@ -279,6 +302,12 @@ impl FromStr for SimOptions {
                 continue;
             }
             let Some((key, value)) = part.split_once('=') else {
+                if let Some(example) = example_of(part) {
+                    return Err(SimError::MissingValue {
+                        key: part.to_owned(),
+                        example,
+                    });
+                }
                 return Err(SimError::UnknownOption {
                     key: part.to_owned(),
                     known: KNOWN_KEYS,

@@ -139,6 +139,16 @@ fn run(args: Args) -> Result<()> {
     if args.depth == 0 || args.batch_pages == 0 {
         return Err("--depth and --batch-pages must be at least 1".into());
     }
+    // The runtime's queues hold at most 4096 entries, one of them always
+    // empty and one kept for the flush: refuse more before allocating.
+    const MOST_IN_FLIGHT: usize = 4094;
+    if args.depth > MOST_IN_FLIGHT {
+        return Err(format!(
+            "--depth {} is more than the {MOST_IN_FLIGHT} batches a queue can hold in flight: give at most {MOST_IN_FLIGHT} (or less, for a controller with shallower queues)",
+            args.depth
+        )
+        .into());
+    }
     let blocks_per_page = (page_size / block_size) as u64;
     let region_end = args
         .pages
@@ -171,6 +181,17 @@ fn run(args: Args) -> Result<()> {
         args.record_size,
     );
     let timeout = controller.command_timeout();
+    let deepest = controller.info().max_queue_depth.min(4096) as usize;
+    if args.depth + 2 > deepest {
+        return Err(format!(
+            "--depth {} needs queues of {} entries, and {}'s hold at most {deepest} (CAP.MQES + 1): give --depth {} or less",
+            args.depth,
+            args.depth + 2,
+            controller.info().name,
+            deepest - 2
+        )
+        .into());
+    }
 
     let runtime = Runtime::open(
         controller,
