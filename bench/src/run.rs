@@ -644,6 +644,23 @@ impl Placer {
         }
     }
 
+    /// Refuses a `cpus_allowed` that names CPUs this process cannot run on
+    /// (not on this machine, offline, or outside its cpuset).
+    fn check_cpus_allowed(&self, job: &JobOptions) -> Result<(), RunError> {
+        let Some(allowed) = &job.cpus_allowed else {
+            return Ok(());
+        };
+        let here = isonvme::os::placeable_cpus();
+        let missing = allowed.difference(&here);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(usage(format!(
+            "job `{}`: cpus_allowed={allowed} names CPUs {missing} that this process cannot run on (online CPUs of its cpuset: {here}); choose among those",
+            job.name
+        )))
+    }
+
     /// The least used of `candidates` (the first on a tie) that `usable`
     /// accepts.
     fn least_used(&self, candidates: &[usize], usable: impl Fn(usize) -> bool) -> Option<usize> {
@@ -846,6 +863,9 @@ pub fn execute(config: &Config, overrides: &[RawOption]) -> Result<Outcome, RunE
 
     // Job threads.
     let mut placer = Placer::new(&split);
+    for job in &jobs {
+        placer.check_cpus_allowed(job)?;
+    }
     let mut plans = Vec::new();
     for job in &jobs {
         for clone in 0..job.numjobs {

@@ -336,6 +336,10 @@ fn isonvme_only_and_io_uring_only_options_are_refused_elsewhere() {
             &["--filename=sim", "--inline_cpus=x"][..],
             "none, isolated, all",
         ),
+        (
+            &["--filename=sim", "--cpus_allowed=4000-4001", "--runtime=1"][..],
+            "names CPUs 4000-4001 that this process cannot run on",
+        ),
     ] {
         let output = common::bench(args);
         let (_, error) = common::text(&output);

@@ -54,6 +54,19 @@ pub fn current_cpu() -> Option<usize> {
     usize::try_from(cpu).ok()
 }
 
+/// Makes a write to a closed standard output (`program | head -1`) end
+/// the process quietly, as it does `cat`, instead of failing every later
+/// `println!` with a panic: restores the default action of SIGPIPE, which
+/// the Rust runtime sets to "ignore". Call it first thing in `main` of a
+/// program whose output is meant for pipes.
+pub fn exit_quietly_on_closed_stdout() {
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler
+    // code; it only changes what the kernel does on SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Sets the calling thread's timer slack (how late the kernel may wake a
 /// sleep to batch timers; 50 µs by default), so a short nap lasts what it
 /// says. Best effort: a refusal only makes naps longer.

@@ -101,6 +101,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    isonvme::os::exit_quietly_on_closed_stdout();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
