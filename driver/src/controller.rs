@@ -144,8 +144,15 @@ impl Registers {
         let start = Instant::now();
         loop {
             let csts = self.csts();
-            // All-ones means the device fell off the bus.
-            if csts.0 != u32::MAX && done(csts) {
+            // All-ones means the device fell off the bus (surprise removal,
+            // a dead link): no state change will ever show, so say so now
+            // instead of waiting out CAP.TO, as the kernel's driver does.
+            if csts.0 == u32::MAX {
+                return Err(Error::Unusable(
+                    "the device is gone: its registers read all-ones (surprise removal or a dead PCIe link)",
+                ));
+            }
+            if done(csts) {
                 return Ok(());
             }
             if start.elapsed() > timeout {

@@ -436,6 +436,15 @@ impl IoQueuePair {
                     std::hint::spin_loop();
                 }
                 Ok(_) => idle = 0,
+                Err(error @ Error::Device(_)) => {
+                    // The controller broke the protocol (an impossible SQ
+                    // head, a completion nobody asked for): the commands
+                    // still listed may never complete. Stop it, so no DMA
+                    // lands later in the caller's memory, and say why now
+                    // rather than after the timeout.
+                    self.regs.fail();
+                    return Err(error);
+                }
                 Err(error) => {
                     first_error.get_or_insert(error);
                 }

@@ -425,3 +425,97 @@ fn a_buffer_of_another_controller_is_refused() {
     queue.read(1, 0, &mut own).unwrap();
     assert!(a.pool().owns(&foreign) && !b.pool().owns(&foreign) && b.pool().owns(&own));
 }
+
+/// A controller from a device string with a short command timeout, and
+/// one queue pair.
+fn faulty(name: &str) -> (Arc<SimController>, Controller, IoQueuePair) {
+    let sim = SimController::open(name).unwrap();
+    let options = ControllerOptions {
+        command_timeout: Duration::from_millis(300),
+        ..ControllerOptions::default()
+    };
+    let controller = Controller::open(sim.clone(), options).unwrap();
+    let queue = IoQueuePair::create(&controller, 1, 16, None).unwrap();
+    (sim, controller, queue)
+}
+
+#[test]
+fn faults_from_the_device_string_hit_the_nth_io_command() {
+    // status: the 2nd I/O command fails, typed, with Do Not Retry.
+    let (_sim, controller, mut queue) = faulty("sim,size=1M,fault=status:0/6:dnr@2");
+    let mut buffer = controller.pool().alloc(4096).unwrap();
+    queue.read(1, 0, &mut buffer).unwrap();
+    match queue.read(1, 1, &mut buffer) {
+        Err(Error::Command { status, .. }) => {
+            assert_eq!(
+                status.code,
+                StatusCode::Generic(GenericStatus::InternalError)
+            );
+            assert!(status.dnr);
+        }
+        other => panic!("expected the injected status, got {other:?}"),
+    }
+    queue.read(1, 2, &mut buffer).unwrap();
+
+    // delay and stall: the completion comes that much later.
+    for fault in ["delay:80ms@1", "stall:80ms@1"] {
+        let (_sim, controller, mut queue) = faulty(&format!("sim,size=1M,fault={fault}"));
+        let mut buffer = controller.pool().alloc(4096).unwrap();
+        let start = std::time::Instant::now();
+        queue.read(1, 0, &mut buffer).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(80), "{fault}");
+        queue.read(1, 1, &mut buffer).unwrap();
+    }
+
+    // drop: the command never completes; the blocking call times out.
+    let (_sim, controller, mut queue) = faulty("sim,size=1M,fault=drop@1");
+    let mut buffer = controller.pool().alloc(4096).unwrap();
+    assert!(matches!(
+        queue.read(1, 0, &mut buffer),
+        Err(Error::Timeout { .. })
+    ));
+
+    // sqhead: an impossible SQ head is a device error, not a hang.
+    let (_sim, controller, mut queue) = faulty("sim,size=1M,fault=sqhead@1");
+    let mut buffer = controller.pool().alloc(4096).unwrap();
+    match queue.read(1, 0, &mut buffer) {
+        Err(Error::Device(DeviceError::BadSqHead { .. })) => {}
+        other => panic!("expected a bad SQ head, got {other:?}"),
+    }
+
+    // fatal: CSTS.CFS at the 1st I/O command.
+    let (_sim, controller, mut queue) = faulty("sim,size=1M,fault=fatal@1");
+    let mut buffer = controller.pool().alloc(4096).unwrap();
+    assert!(matches!(
+        queue.read(1, 0, &mut buffer),
+        Err(Error::ControllerFatal)
+    ));
+
+    // remove: every register reads all-ones from then on; the call fails.
+    let (sim, controller, mut queue) = faulty("sim,size=1M,fault=remove@1");
+    let mut buffer = controller.pool().alloc(4096).unwrap();
+    assert!(queue.read(1, 0, &mut buffer).is_err());
+    let registers = isonvme::transport::Transport::registers(&*sim);
+    assert_eq!(registers.read32(0x1c), u32::MAX, "CSTS reads all-ones");
+}
+
+#[test]
+fn a_bad_fault_in_the_device_string_is_a_clear_error() {
+    for (name, needle) in [
+        ("sim,fault=explode@3", "drop, delay:DUR"),
+        ("sim,fault=drop", "KIND@N"),
+        ("sim,fault=status:8/1@1", "SCT 0-7"),
+    ] {
+        let error = SimController::open(name).unwrap_err().to_string();
+        assert!(error.contains(needle), "{name}: {error}");
+    }
+    // The option prints back as it was given.
+    let sim = SimController::open("sim,fault=drop@5+delay:10ms@7").unwrap();
+    assert!(
+        sim.options()
+            .to_string()
+            .contains("fault=drop@5+delay:10ms@7"),
+        "{}",
+        sim.options()
+    );
+}

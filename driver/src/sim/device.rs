@@ -15,9 +15,10 @@ use crate::mmio::Mmio;
 use crate::nvme::regs::offset;
 use crate::nvme::{
     doorbell_offset, Aqa, Cap, Cc, CompletionEntry, Csts, GenericStatus, IoOpcode,
-    ShutdownNotification, ShutdownStatus, StatusCode, SubmissionEntry, Version,
+    ShutdownNotification, ShutdownStatus, Status, StatusCode, SubmissionEntry, Version,
 };
 
+use super::fault_plan::IoFaultKind;
 use super::faults::{CompletionFault, SpuriousCompletion};
 use super::iommu::GuestMemory;
 use super::namespace::Namespace;
@@ -205,6 +206,13 @@ pub(crate) struct Device {
     pub(crate) aers: Vec<u16>,
     /// Doorbell Buffer Config: the shadow doorbell and EventIdx buffers.
     pub(crate) dbbuf: Option<(u64, u64)>,
+    /// I/O commands fetched since the thread started (for `fault=`).
+    io_fetched: u64,
+    /// No fetching before this (`fault=stall:DUR@N`).
+    stalled_until: Option<Instant>,
+    /// Surprise-removed (`fault=remove@N`): registers read all-ones and
+    /// nothing else happens, ever.
+    removed: bool,
     pending: BinaryHeap<Reverse<Due>>,
     seq: u64,
     next_io_slot: Option<Instant>,
@@ -250,6 +258,9 @@ impl Device {
             features: Features::default(),
             aers: Vec::new(),
             dbbuf: None,
+            io_fetched: 0,
+            stalled_until: None,
+            removed: false,
             pending: BinaryHeap::new(),
             seq: 0,
             next_io_slot: None,
@@ -272,6 +283,14 @@ impl Device {
     /// One pass over the registers and queues. Returns whether anything
     /// happened (for the idle back-off).
     pub(crate) fn poll(&mut self, now: Instant) -> bool {
+        if self.removed {
+            // Gone from the bus: whatever the host wrote, every register
+            // reads all-ones.
+            for offset in (0..self.mmio.len()).step_by(4) {
+                self.mmio.write32(offset, u32::MAX);
+            }
+            return false;
+        }
         let mut active = false;
         if self.shared.faults.take_fatal() {
             self.go_fatal("fatal status injected");
@@ -885,6 +904,10 @@ impl Device {
 
     /// Round-robin arbitration over the SQs with new entries.
     fn fetch_and_execute(&mut self, mem: &GuestMemory, now: Instant) -> bool {
+        if self.stalled_until.is_some_and(|until| now < until) {
+            return false;
+        }
+        self.stalled_until = None;
         let mut active = false;
         let count = self.active_sqs.len();
         if count == 0 {
@@ -940,13 +963,47 @@ impl Device {
     ) {
         let admin = sqid == 0;
         self.shared.stats.count_command(admin, sqe.opcode);
-        let exec = match self.shared.faults.on_command(admin) {
-            Some(status) => Exec::Done {
+        let planned: Vec<IoFaultKind> = if admin {
+            Vec::new()
+        } else {
+            self.io_fetched += 1;
+            self.shared.options.faults.at(self.io_fetched).to_vec()
+        };
+        let mut planned_status = None;
+        let mut extra_delay = Duration::ZERO;
+        let mut drop_completion = false;
+        let mut impossible_head = false;
+        for kind in planned {
+            match kind {
+                IoFaultKind::Remove => {
+                    tracing::warn!("simulated controller: surprise removal injected");
+                    self.removed = true;
+                    return;
+                }
+                IoFaultKind::Fatal => {
+                    self.go_fatal("fault=fatal injected");
+                    return;
+                }
+                IoFaultKind::Status { sct, sc, dnr } => {
+                    planned_status = Some(Status::new(sct, sc).with_dnr(dnr).0);
+                }
+                IoFaultKind::Drop => drop_completion = true,
+                IoFaultKind::Delay(by) => extra_delay += by,
+                IoFaultKind::SqHead => impossible_head = true,
+                IoFaultKind::Stall(by) => {
+                    self.stalled_until = Some(now + by);
+                    extra_delay += by;
+                }
+            }
+        }
+        let exec = match (planned_status, self.shared.faults.on_command(admin)) {
+            (Some(status), _) => Exec::Done { dw0: 0, status },
+            (None, Some(status)) => Exec::Done {
                 dw0: 0,
                 status: status.to_status_field(),
             },
-            None if admin => self.execute_admin(mem, &sqe),
-            None => Exec::from_result(self.execute_io(mem, &sqe)),
+            (None, None) if admin => self.execute_admin(mem, &sqe),
+            (None, None) => Exec::from_result(self.execute_io(mem, &sqe)),
         };
         let Exec::Done { dw0, status } = exec else {
             return;
@@ -959,15 +1016,25 @@ impl Device {
         else {
             return;
         };
+        // An SQ head past anything submitted: the ring's size is never a
+        // valid index.
+        let sq_head = impossible_head.then(|| {
+            self.sqs[usize::from(sqid)]
+                .as_ref()
+                .map_or(u16::MAX, |sq| u16::try_from(sq.size).unwrap_or(u16::MAX))
+        });
         let cqe = Cqe {
             cqid,
             sqid,
             cid: sqe.cid,
             dw0,
             status,
-            sq_head: None,
+            sq_head,
         };
-        let mut delay = Duration::ZERO;
+        if drop_completion {
+            return;
+        }
+        let mut delay = extra_delay;
         match self.shared.faults.on_completion() {
             CompletionFault::Drop => return,
             CompletionFault::Delay(d) => delay += d,

@@ -57,6 +57,7 @@ use crate::transport::{DmaMapper, Transport, TransportError};
 
 mod admin;
 mod device;
+mod fault_plan;
 mod faults;
 mod io;
 mod iommu;
@@ -68,6 +69,7 @@ mod stats;
 mod tests;
 
 pub use admin::SIM_VENDOR_ID;
+pub use fault_plan::{FaultPlan, IoFaultKind};
 pub use faults::{FaultScope, Faults, SpuriousCompletion};
 pub use iommu::IOVA_BASE;
 pub use options::{LatencyModel, SimOptions};

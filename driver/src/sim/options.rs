@@ -9,7 +9,7 @@ use super::SimError;
 
 /// Every option key, for error messages.
 const KNOWN_KEYS: &str =
-    "size, lba, namespaces, file, queues, qdepth, vectors, mdts, dstrd, latency, iops, serial, model, spin, idle, dbbuf";
+    "size, lba, namespaces, file, queues, qdepth, vectors, mdts, dstrd, latency, iops, serial, model, spin, idle, dbbuf, fault";
 
 /// An example setting of `key`, for a known key written without a value.
 fn example_of(key: &str) -> Option<&'static str> {
@@ -30,6 +30,7 @@ fn example_of(key: &str) -> Option<&'static str> {
         "spin" => "spin=50us",
         "idle" => "idle=1ms",
         "dbbuf" => "dbbuf=off",
+        "fault" => "fault=drop@5",
         _ => return None,
     })
 }
@@ -174,6 +175,9 @@ pub struct SimOptions {
     /// doorbells with EventIdx, as QEMU's and cloud NVMe do (`dbbuf=on|off`,
     /// default on).
     pub dbbuf: bool,
+    /// Faults at given I/O commands (`fault=KIND@N[+KIND@N...]`, see
+    /// [`super::FaultPlan`]).
+    pub faults: super::FaultPlan,
 }
 
 impl Default for SimOptions {
@@ -195,6 +199,7 @@ impl Default for SimOptions {
             spin: Duration::from_micros(50),
             idle: Duration::from_millis(1),
             dbbuf: true,
+            faults: super::FaultPlan::default(),
         }
     }
 }
@@ -347,6 +352,7 @@ impl FromStr for SimOptions {
                     o.idle = parse_duration(value)
                         .ok_or_else(|| invalid("idle", value, "a duration (e.g. 1ms)"))?;
                 }
+                "fault" => o.faults.merge(super::FaultPlan::parse(value)?),
                 "dbbuf" => {
                     o.dbbuf = match value {
                         "on" | "1" | "true" => true,
@@ -417,6 +423,9 @@ impl fmt::Display for SimOptions {
         }
         if self.idle != d.idle {
             write!(f, ",idle={}", format_duration(self.idle))?;
+        }
+        if !self.faults.is_empty() {
+            write!(f, ",fault={}", self.faults)?;
         }
         if self.dbbuf != d.dbbuf {
             f.write_str(if self.dbbuf {
@@ -494,7 +503,7 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     }
 }
 
-fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let ns = d.as_nanos();
     if ns == 0 {
         "0".to_owned()
