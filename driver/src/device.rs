@@ -33,8 +33,9 @@ use crate::vfio::VfioRoute;
 /// A device name, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceName {
-    /// The simulated controller with its options.
-    Sim(SimOptions),
+    /// The simulated controller with its options (boxed: they are far
+    /// larger than a PCI address).
+    Sim(Box<SimOptions>),
     /// A PCI function (`0000:01:00.0[,noiommu|,iommufd|,container]`).
     Pci {
         /// The PCI address, normalised with its domain (`dddd:bb:dd.f`).
@@ -60,7 +61,7 @@ impl std::str::FromStr for DeviceName {
         if name == "sim" || name.starts_with("sim,") {
             return name
                 .parse::<SimOptions>()
-                .map(DeviceName::Sim)
+                .map(|options| DeviceName::Sim(Box::new(options)))
                 .map_err(|e| Error::InvalidArgument(format!("device `{name}`: {e}")));
         }
         let (head, options) = match name.split_once(',') {
@@ -138,7 +139,7 @@ fn parse_pci_address(text: &str) -> Option<String> {
 pub fn open_transport(name: &DeviceName) -> Result<Arc<dyn Transport>> {
     match name {
         DeviceName::Sim(options) => {
-            let sim = SimController::new(options.clone())
+            let sim = SimController::new((**options).clone())
                 .map_err(|e| Error::InvalidArgument(format!("simulated controller: {e}")))?;
             Ok(sim)
         }
