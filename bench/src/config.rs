@@ -189,6 +189,33 @@ pub const DEFAULT_JOB: &[(&str, &str)] = &[
     ("ramp_time", "500ms"),
 ];
 
+/// The default job with `overrides` applied: an option given replaces the
+/// default's. A `filename=` without `ioengine=` lets the engine follow the
+/// file, a kernel `ioengine=` without `filename=` needs one of its own, and
+/// an `rw=` names the job after its workload, as without a default.
+fn default_job_with(overrides: &[RawOption]) -> Vec<RawOption> {
+    let canonical = |key: &str| options::canonical(key).map(|spec| spec.name);
+    let value_of = |key: &str| {
+        overrides
+            .iter()
+            .rev()
+            .find(|(k, _)| canonical(k) == canonical(key))
+            .map(|(_, v)| v.clone().unwrap_or_default())
+    };
+    let given = |key: &str| value_of(key).is_some();
+    let kernel_engine = value_of("ioengine").is_some_and(|engine| engine != "isonvme");
+    let mut recipe: Vec<RawOption> = DEFAULT_JOB
+        .iter()
+        .filter(|(key, _)| !given(key))
+        .filter(|(key, _)| !(*key == "ioengine" && given("filename")))
+        .filter(|(key, _)| !(*key == "filename" && kernel_engine))
+        .filter(|(key, _)| !(*key == "name" && given("rw")))
+        .map(|(k, v)| ((*k).to_owned(), (!v.is_empty()).then(|| (*v).to_owned())))
+        .collect();
+    recipe.extend(overrides.iter().cloned());
+    recipe
+}
+
 /// The default job as a command line.
 pub fn default_command_line() -> String {
     let mut line = String::from("isonvme-bench");
@@ -222,6 +249,10 @@ pub fn help() -> String {
          With no arguments it runs the default job:\n  ",
     );
     text.push_str(&default_command_line());
+    text.push_str(
+        "\nJob options without a job file or --name modify that job (--iodepth=1: the\n\
+         default job at QD1); a job file or --name starts from fio's defaults instead.",
+    );
     text.push_str("\n\nTool options:\n");
     for (name, help) in TOOL_OPTIONS {
         text.push_str(&format!("  --{name:<24} {help}\n"));
@@ -407,8 +438,11 @@ where
     }
     if config.recipes.is_empty() {
         if files.is_empty() {
-            // Options alone make one job, named after its workload.
-            config.recipes.push(command_global.clone());
+            // Options alone modify the default job (`./run-bench
+            // --iodepth=1` is the default job at QD1); a job file or
+            // `--name` starts from fio's defaults instead.
+            config.default_run = true;
+            config.recipes.push(default_job_with(&command_global));
         } else {
             return Err(OptionError("the job files define no jobs".into()));
         }

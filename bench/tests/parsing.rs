@@ -108,7 +108,8 @@ fn aliases_and_fio_defaults() {
     assert_eq!(job.rw, Rw::ReadWrite);
     assert_eq!(job.bs, 16384);
     assert_eq!(job.runtime, Some(Duration::from_secs(2)));
-    let job = &jobs(&["--rw=read"])[0];
+    // A --name starts from fio's defaults.
+    let job = &jobs(&["--name=plain", "--rw=read"])[0];
     assert_eq!((job.bs, job.iodepth, job.numjobs), (4096, 1, 1));
     assert_eq!(job.rwmixread, 50);
     assert!(job.randrepeat && !job.time_based && !job.norandommap);
@@ -216,6 +217,8 @@ fn bad_values_name_their_option() {
 fn cross_option_checks() {
     let message = error(&["--ioengine=psync", "--rw=read"]);
     assert!(message.contains("needs filename="), "{message}");
+    let message = error(&["--name=x", "--ioengine=psync", "--rw=read"]);
+    assert!(message.contains("needs filename="), "{message}");
     let message = error(&[
         "--ioengine=io_uring",
         "--filename=/tmp/x",
@@ -227,7 +230,7 @@ fn cross_option_checks() {
     );
     let message = error(&["--isolated=1", "--housekeeping=0-1"]);
     assert!(message.contains("overlap"), "{message}");
-    let message = error(&["--time_based"]);
+    let message = error(&["--name=x", "--time_based"]);
     assert!(message.contains("time_based needs runtime="), "{message}");
     let message = error(&["--ioengine=isonvme", "--filename=/dev/nvme0n1"]);
     assert!(message.contains("filename=/dev/nvme0n1"), "{message}");
@@ -367,4 +370,26 @@ fn job_file_errors_say_where() {
     assert!(message.contains("no job section"), "{message}");
     let message = error(&["/nonexistent/jobs.fio"]);
     assert!(message.contains("/nonexistent/jobs.fio"), "{message}");
+}
+
+#[test]
+fn options_alone_modify_the_default_job() {
+    // The README's example: the default job (4 KiB random reads on the
+    // simulator, time based) at QD1.
+    let job = &jobs(&["--iodepth=1"])[0];
+    assert_eq!(job.rw, Rw::RandRead);
+    assert_eq!((job.bs, job.iodepth), (4096, 1));
+    assert!(job.time_based);
+    assert_eq!(job.runtime, Some(Duration::from_secs(3)));
+    assert_eq!(job.filename.as_deref(), Some("sim"));
+    assert_eq!(job.engine(), EngineKind::Isonvme);
+    assert_eq!(job.name, "randread");
+    // A file instead of the simulator: the engine follows the file.
+    let job = &jobs(&["--filename=/tmp/somefile", "--size=1m"])[0];
+    assert_ne!(job.engine(), EngineKind::Isonvme);
+    // A job file or --name starts from fio's defaults.
+    let job = &jobs(&["--name=mine", "--filename=sim"])[0];
+    assert_eq!((job.rw, job.iodepth), (Rw::Read, 1));
+    assert!(config(&["--iodepth=1"]).default_run);
+    assert!(!config(&["--name=mine", "--filename=sim"]).default_run);
 }

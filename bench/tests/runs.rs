@@ -86,7 +86,9 @@ fn psync_and_io_uring_on_a_file_write_and_verify() {
         let path = dir.path().join(format!("{engine}.dat"));
         let filename = format!("--filename={}", path.display());
         let ioengine = format!("--ioengine={engine}");
+        // --name: a size-based job from fio's defaults, not the default job.
         let outcome = common::run(&[
+            "--name=mixed",
             &ioengine,
             &filename,
             "--size=1m",
@@ -121,7 +123,7 @@ fn verify_catches_corruption_injected_into_the_simulated_namespace() {
     let image = dir.path().join("ns.img");
     let filename = format!("--filename=sim,size=1M,file={}", image.display());
     // Write every block with checksums; the read-back passes.
-    let outcome = common::run(&[&filename, "--rw=write", "--verify=crc32c"]);
+    let outcome = common::run(&["--name=fill", &filename, "--rw=write", "--verify=crc32c"]);
     let job = only_job(&outcome);
     let verify = job.verify.as_ref().unwrap();
     assert_eq!((verify.checked, verify.errors), (256, 0));
@@ -130,7 +132,13 @@ fn verify_catches_corruption_injected_into_the_simulated_namespace() {
     corrupt(&image, 5 * 4096 + 100);
 
     // Reading it back finds exactly that block, by its offset.
-    let outcome = common::run(&[&filename, "--rw=read", "--iodepth=4", "--verify=crc32c"]);
+    let outcome = common::run(&[
+        "--name=check",
+        &filename,
+        "--rw=read",
+        "--iodepth=4",
+        "--verify=crc32c",
+    ]);
     let job = &outcome.jobs[0];
     let verify = job.verify.as_ref().unwrap();
     assert_eq!((verify.checked, verify.errors), (256, 1), "{verify:?}");
@@ -155,10 +163,16 @@ fn verify_catches_corruption_on_a_file_through_the_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data");
     let filename = format!("--filename={}", path.display());
-    let outcome = common::run(&[&filename, "--size=256k", "--rw=write", "--verify=crc32c"]);
+    let outcome = common::run(&[
+        "--name=fill",
+        &filename,
+        "--size=256k",
+        "--rw=write",
+        "--verify=crc32c",
+    ]);
     assert_eq!(only_job(&outcome).verify.as_ref().unwrap().errors, 0);
     corrupt(&path, 12 * 4096 + 7);
-    let outcome = common::run(&[&filename, "--rw=read", "--verify=crc32c"]);
+    let outcome = common::run(&["--name=check", &filename, "--rw=read", "--verify=crc32c"]);
     let verify = outcome.jobs[0].verify.as_ref().unwrap();
     assert_eq!(verify.errors, 1, "{verify:?}");
     assert!(
@@ -173,6 +187,7 @@ fn ramp_time_is_not_measured() {
     // A size-based job measures exactly `size` after the ramp, however many
     // I/Os the ramp did.
     let outcome = common::run(&[
+        "--name=ramped",
         "--filename=sim,size=1M",
         "--rw=randread",
         "--iodepth=4",

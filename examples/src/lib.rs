@@ -199,8 +199,7 @@ pub fn choose_cpu(wanted: Option<usize>, topology: &Topology, host: &Isolation) 
             } else {
                 if host_isolated.is_empty() {
                     println!(
-                        "measuring on CPU {cpu}; this host has no CPU isolation ({}), \
-                         so the runtime treats CPU {cpu} as isolated for this run",
+                        "measuring on CPU {cpu}; {}, so the runtime treats CPU {cpu} as isolated for this run",
                         host.source
                     );
                 } else {
@@ -229,9 +228,10 @@ pub fn choose_cpu(wanted: Option<usize>, topology: &Topology, host: &Isolation) 
             None => {
                 let cpu = online.last().unwrap_or(0);
                 println!(
-                    "this host has no CPU isolation ({}): measuring on CPU {cpu}, the highest online CPU, \
+                    "{}: measuring on CPU {cpu}, the highest online CPU, \
                      which the runtime treats as isolated for this run (the kernel still schedules other work there; \
-                     boot with isolcpus=managed_irq,io_queue,{cpu} nohz_full={cpu} for real isolation)",
+                     boot with isolcpus=io_queue,managed_irq,domain,{cpu} nohz_full={cpu} rcu_nocbs={cpu} \
+                     for real isolation, see docs/isolation.md)",
                     host.source
                 );
                 Choice {

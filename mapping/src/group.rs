@@ -4,7 +4,7 @@
 //!
 //! Every step follows the kernel's order of operations, because the order
 //! is visible in the result: which node is visited first (the kernel
-//! heapsort of [`crate::ksort`]), which group index a node's CPUs land in,
+//! heapsort of the private `ksort` module), which group index a node's CPUs land in,
 //! and which CPU a group takes next (lowest remaining, then its SMT
 //! siblings).
 

@@ -103,7 +103,7 @@ impl fmt::Display for IsolationSource {
             IsolationSource::SysfsIsolated => {
                 f.write_str("the kernel's isolated CPU list (/sys/devices/system/cpu/isolated)")
             }
-            IsolationSource::None => f.write_str("no CPU isolation (none configured)"),
+            IsolationSource::None => f.write_str("this host has no CPU isolation configured"),
         }
     }
 }
