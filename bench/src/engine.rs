@@ -513,7 +513,7 @@ impl Engine for Isonvme {
                 return Ok(());
             }
             spins = spins.wrapping_add(1);
-            if spins % 256 == 0 {
+            if spins.is_multiple_of(256) {
                 let now = Instant::now();
                 if matches!(wait, Wait::Until(deadline) if now >= deadline) {
                     return Ok(());

@@ -734,7 +734,7 @@ fn seed(job: &JobOptions, jobnum: usize) -> u64 {
 
 fn region(job: &JobOptions, total: u64, align: u64) -> Result<(u64, u64), RunError> {
     let start = job.offset.resolve(total);
-    if start % align != 0 {
+    if !start.is_multiple_of(align) {
         return Err(usage(format!(
             "job `{}`: offset={start} is not a multiple of {align} bytes",
             job.name

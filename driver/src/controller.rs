@@ -478,7 +478,7 @@ impl Controller {
                 };
             }
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 self.regs.check()?;
                 if start.elapsed() > self.options.command_timeout {
                     drop(admin);

@@ -421,7 +421,7 @@ impl IoQueuePair {
             match polled {
                 Ok(0) => {
                     idle += 1;
-                    if idle % 1024 == 0 {
+                    if idle.is_multiple_of(1024) {
                         self.regs.check()?;
                         if start.elapsed() > self.timeout {
                             self.regs.fail();
@@ -496,7 +496,7 @@ impl IoQueuePair {
         let ns = self.namespace(nsid)?.clone();
         let block = ns.block_size as usize;
         let total: usize = buffers.iter().map(|b| b.len()).sum();
-        if total == 0 || total % block != 0 {
+        if total == 0 || !total.is_multiple_of(block) {
             return Err(Error::InvalidArgument(format!(
                 "the buffers hold {total} bytes, not a whole number of {block}-byte blocks"
             )));

@@ -53,7 +53,7 @@ impl Mmio {
 
     /// Whether a 32-bit register at `offset` lies inside the window.
     pub fn contains(&self, offset: usize) -> bool {
-        offset % 4 == 0 && offset.checked_add(4).is_some_and(|end| end <= self.len)
+        offset.is_multiple_of(4) && offset.checked_add(4).is_some_and(|end| end <= self.len)
     }
 
     fn register(&self, offset: usize) -> *mut u32 {

@@ -99,7 +99,7 @@ fn count_pages(segments: &[Segment]) -> Result<usize, PrpError> {
         let start = segment.iova;
         let end = start + segment.len as u64;
         let starts_on_page = start % PAGE_SIZE as u64 == 0;
-        let ends_on_page = end % PAGE_SIZE as u64 == 0;
+        let ends_on_page = end.is_multiple_of(PAGE_SIZE as u64);
         if (index > 0 && !starts_on_page) || (index < last && !ends_on_page) || segment.len == 0 {
             return Err(PrpError::NotPageContiguous {
                 index,

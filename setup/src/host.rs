@@ -200,9 +200,9 @@ pub fn parse_size_kb(text: &str) -> Option<u64> {
 
 /// `2048` → `2M`, `1048576` → `1G`.
 pub fn show_size_kb(kb: u64) -> String {
-    if kb % (1024 * 1024) == 0 {
+    if kb.is_multiple_of(1024 * 1024) {
         format!("{}G", kb / (1024 * 1024))
-    } else if kb % 1024 == 0 {
+    } else if kb.is_multiple_of(1024) {
         format!("{}M", kb / 1024)
     } else {
         format!("{kb}k")

@@ -87,7 +87,7 @@ impl Device {
         sqe: &SubmissionEntry,
         bytes: usize,
     ) -> Result<(), StatusCode> {
-        if sqe.prp1 % self.page_size() as u64 != 0 {
+        if !sqe.prp1.is_multiple_of(self.page_size() as u64) {
             return Err(GenericStatus::InvalidPrpOffset.into());
         }
         if sqe.cdw11 & 1 == 0 {

@@ -419,7 +419,7 @@ impl Device {
                 aqa.0
             ));
         }
-        if asq % page != 0 || acq % page != 0 {
+        if !asq.is_multiple_of(page) || !acq.is_multiple_of(page) {
             return Err(format!("ASQ {asq:#x} / ACQ {acq:#x} not page aligned"));
         }
         let mem = self.shared.iommu.memory();

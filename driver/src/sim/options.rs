@@ -211,7 +211,9 @@ impl SimOptions {
         if self.lba_size != 512 && self.lba_size != 4096 {
             return Err(invalid("lba", &self.lba_size.to_string(), "512 or 4096"));
         }
-        if self.size < u64::from(self.lba_size) || self.size % u64::from(self.lba_size) != 0 {
+        if self.size < u64::from(self.lba_size)
+            || !self.size.is_multiple_of(u64::from(self.lba_size))
+        {
             return Err(invalid(
                 "size",
                 &self.size.to_string(),
@@ -478,7 +480,7 @@ pub(crate) fn parse_size(s: &str) -> Option<u64> {
 
 fn format_size(bytes: u64) -> String {
     for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{suffix}", bytes >> shift);
         }
     }
@@ -507,11 +509,11 @@ pub(crate) fn format_duration(d: Duration) -> String {
     let ns = d.as_nanos();
     if ns == 0 {
         "0".to_owned()
-    } else if ns % 1_000_000_000 == 0 {
+    } else if ns.is_multiple_of(1_000_000_000) {
         format!("{}s", ns / 1_000_000_000)
-    } else if ns % 1_000_000 == 0 {
+    } else if ns.is_multiple_of(1_000_000) {
         format!("{}ms", ns / 1_000_000)
-    } else if ns % 1_000 == 0 {
+    } else if ns.is_multiple_of(1_000) {
         format!("{}us", ns / 1_000)
     } else {
         format!("{ns}ns")

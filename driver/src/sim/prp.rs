@@ -65,7 +65,7 @@ pub(crate) fn walk(
         return check_mapped(mem, out);
     }
     if remaining <= page_size {
-        if prp2 % page != 0 {
+        if !prp2.is_multiple_of(page) {
             return Err(offset_invalid());
         }
         out.push(Segment {
@@ -115,7 +115,7 @@ pub(crate) fn walk(
         let next: u64 = mem
             .read_obj(GuestAddress(list + 8 * data_entries as u64))
             .map_err(|_| transfer_error())?;
-        if next % page != 0 {
+        if !next.is_multiple_of(page) {
             return Err(offset_invalid());
         }
         list = next;

@@ -119,7 +119,7 @@ fn run(args: Args) -> Result<()> {
     let ns = controller.namespace(args.namespace)?.clone();
     let block_size = ns.block_size as usize;
     let page_size = block_size.max(4096);
-    if page_size % block_size != 0 {
+    if !page_size.is_multiple_of(block_size) {
         return Err(format!(
             "namespace {} has {block_size}-byte blocks, which do not divide a 4 KiB page",
             ns.id

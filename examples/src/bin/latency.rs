@@ -86,7 +86,7 @@ fn run(args: Args) -> Result<()> {
         .map_err(|e| format!("opening {}: {e}", args.device))?;
     let ns = controller.namespace(args.namespace)?.clone();
     let block_size = ns.block_size as usize;
-    if block_size > IO_BYTES || IO_BYTES % block_size != 0 {
+    if block_size > IO_BYTES || !IO_BYTES.is_multiple_of(block_size) {
         return Err(format!(
             "namespace {} has {block_size}-byte blocks: 4 KiB reads need blocks of at most 4 KiB",
             ns.id
@@ -252,7 +252,7 @@ fn read_one(
         handle.poll(|c| completion = Some(c))?;
         if completion.is_none() {
             spins = spins.wrapping_add(1);
-            if spins % 4096 == 0 && start.elapsed() > timeout {
+            if spins.is_multiple_of(4096) && start.elapsed() > timeout {
                 // Dropping the handle with the read in flight stops the
                 // controller, so it cannot DMA into reused memory later.
                 return Err(

@@ -294,7 +294,7 @@ fn io_on(controller: &Controller, opts: &Opts) -> Outcome {
     for &nsid in &opts.namespaces {
         let ns = controller.namespace(nsid)?.clone();
         ensure!(
-            opts.bytes % ns.block_size as usize == 0,
+            opts.bytes.is_multiple_of(ns.block_size as usize),
             "--bytes {} is not a multiple of namespace {nsid}'s {}-byte blocks",
             opts.bytes,
             ns.block_size
