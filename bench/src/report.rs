@@ -66,6 +66,9 @@ pub struct IsolationReport {
     pub isolated_inline: u64,
     /// The verdict line.
     pub verdict: String,
+    /// Why the figures may be unreliable (job threads preempted often, a
+    /// machine busier than its CPUs), if they may.
+    pub disturbed: Option<String>,
     /// Whether the isolated CPUs stayed clear (`None`: nothing to check).
     pub clean: Option<bool>,
 }
@@ -194,7 +197,53 @@ pub fn isolation_report(
         isolated_inline,
         verdict,
         clean,
+        disturbed: disturbance(
+            jobs,
+            std::fs::read_to_string("/proc/loadavg").ok().as_deref(),
+        ),
     }
+}
+
+/// Involuntary context switches per second of run time above which a job
+/// thread counts as disturbed: a thread with a CPU of its own is preempted
+/// only by the odd kernel thread.
+const PREEMPTIONS_PER_SECOND: f64 = 20.0;
+
+/// Says why the run's figures may be unreliable: job threads that other
+/// work preempted often (involuntary context switches), or a 1-minute load
+/// average above the CPUs there are. `loadavg` is `/proc/loadavg`'s text.
+pub fn disturbance(jobs: &[JobResult], loadavg: Option<&str>) -> Option<String> {
+    let mut reasons = Vec::new();
+    for job in jobs {
+        let seconds = job.runtime.as_secs_f64().max(1e-3);
+        let rate = job.lifetime_usage.involuntary as f64 / seconds;
+        if rate > PREEMPTIONS_PER_SECOND {
+            reasons.push(format!(
+                "job thread {}/{} was preempted {} times ({rate:.0}/s{})",
+                job.options.name,
+                job.jobnum,
+                job.lifetime_usage.involuntary,
+                job.ran_on
+                    .map_or(String::new(), |cpu| format!(" on CPU {cpu}"))
+            ));
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    if let Some(load) = loadavg
+        .and_then(|text| text.split_whitespace().next())
+        .and_then(|first| first.parse::<f64>().ok())
+        .filter(|&load| load > cpus)
+    {
+        reasons.push(format!(
+            "the 1-minute load average is {load:.2} on {cpus:.0} CPUs"
+        ));
+    }
+    (!reasons.is_empty()).then(|| {
+        format!(
+            "the run was disturbed, so its figures are unreliable: {}; rerun on a quiet machine, with the job threads on isolated CPUs",
+            reasons.join("; ")
+        )
+    })
 }
 
 impl IsolationReport {
@@ -240,6 +289,9 @@ impl IsolationReport {
             out.push_str(&format!("  interrupts: {source}\n"));
         }
         out.push_str(&format!("  verdict: {}\n", self.verdict));
+        if let Some(disturbed) = &self.disturbed {
+            out.push_str(&format!("  WARNING: {disturbed}\n"));
+        }
         out
     }
 
@@ -265,6 +317,7 @@ impl IsolationReport {
             "isolated_inline_reaps": self.isolated_inline,
             "verdict": self.verdict,
             "clean": self.clean,
+            "disturbed": self.disturbed,
         })
     }
 }
@@ -274,5 +327,20 @@ fn or_dash(set: &CpuSet) -> String {
         "-".to_owned()
     } else {
         set.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disturbance;
+
+    #[test]
+    fn a_machine_busier_than_its_cpus_is_reported_as_disturbed() {
+        let busy = disturbance(&[], Some("999.00 10.00 5.00 3/200 1234"));
+        let message = busy.expect("a load far above the CPUs is a disturbance");
+        assert!(message.contains("load average is 999.00"), "{message}");
+        assert!(message.contains("unreliable"), "{message}");
+        assert_eq!(disturbance(&[], Some("0.00 0.00 0.00 1/100 1")), None);
+        assert_eq!(disturbance(&[], None), None);
     }
 }

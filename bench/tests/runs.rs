@@ -362,3 +362,38 @@ fn isonvme_only_and_io_uring_only_options_are_refused_elsewhere() {
         assert!(error.contains(needle), "{args:?}: {error}");
     }
 }
+
+#[test]
+fn a_run_sharing_its_cpu_with_a_busy_thread_is_reported_as_disturbed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let cpu = isonvme::os::runnable_cpus().last().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let hog = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            isonvme::os::pin_current_thread(&isonvme::mapping::CpuSet::single(cpu)).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let allowed = format!("--cpus_allowed={cpu}");
+    let outcome = common::run(&[
+        "--name=shared",
+        "--filename=sim,size=16M",
+        "--rw=randread",
+        "--iodepth=1",
+        "--runtime=500ms",
+        "--time_based",
+        &allowed,
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    hog.join().unwrap();
+    let disturbed = outcome
+        .isolation
+        .disturbed
+        .as_deref()
+        .expect("a job thread sharing its CPU with a spinning thread is disturbed");
+    assert!(disturbed.contains("preempted"), "{disturbed}");
+}
