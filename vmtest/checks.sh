@@ -106,6 +106,17 @@ kernel_nvme() {
     return $bad
 }
 
+# Prints the isonvme-bench command as one could paste it (arguments with
+# spaces quoted), then runs it; returns its status.
+run_bench() {
+    printf 'isonvme-bench'
+    for arg in "$@"; do
+        case "$arg" in *' '*) printf " '%s'" "$arg" ;; *) printf ' %s' "$arg" ;; esac
+    done
+    echo
+    isonvme-bench "$@"
+}
+
 # isonvme against the kernel at QD1: the same 4 KiB random-read job,
 # through isonvme on the vfio-pci function $1 and through io_uring
 # (O_DIRECT) on the block device of the kernel-driven function $2, which
@@ -125,12 +136,7 @@ bench_qd1() {
         --compare "ioengine=io_uring filename=$disk direct=1" \
         --output-format=normal,json --eta=never --output="$out"
     # The command as one could paste it (the overrides quoted).
-    printf 'isonvme-bench'
-    for arg in "$@"; do
-        case "$arg" in *' '*) printf " '%s'" "$arg" ;; *) printf ' %s' "$arg" ;; esac
-    done
-    echo
-    isonvme-bench "$@"
+    run_bench "$@"
     rc=$?
     # The report is the normal text, then the JSON from its first line "{".
     if [ -s "$out" ]; then
@@ -221,12 +227,7 @@ bench_polled() {
         --compare "ioengine=isonvme filename=$1 completion=inline" \
         --compare "ioengine=io_uring filename=$disk direct=1 hipri=1" \
         --output-format=normal --eta=never --output="$out"
-    printf 'isonvme-bench'
-    for arg in "$@"; do
-        case "$arg" in *' '*) printf " '%s'" "$arg" ;; *) printf ' %s' "$arg" ;; esac
-    done
-    echo
-    isonvme-bench "$@"
+    run_bench "$@"
     rc=$?
     [ -s "$out" ] && tee /vmtest/results/bench-polled.txt < "$out"
     if [ "$rc" -ne 0 ]; then

@@ -610,25 +610,28 @@ struct Placer {
     preferred: Vec<usize>,
     /// Job threads placed per CPU so far.
     load: BTreeMap<usize, usize>,
+    /// The CPUs this process may be placed on (its cpuset, online).
+    placeable: CpuSet,
 }
 
 impl Placer {
     fn new(split: &Split) -> Placer {
         // The cpuset, not the inherited affinity: under isolcpus=domain the
         // latter leaves out the isolated CPUs job threads belong on.
-        let runnable = isonvme::os::placeable_cpus();
+        let placeable = isonvme::os::placeable_cpus();
         let mut preferred: Vec<usize> = split
             .isolated
             .iter()
             .chain(split.housekeeping.iter())
-            .filter(|cpu| runnable.contains(*cpu))
+            .filter(|cpu| placeable.contains(*cpu))
             .collect();
         if preferred.is_empty() {
-            preferred = runnable.iter().collect();
+            preferred = placeable.iter().collect();
         }
         Placer {
             preferred,
             load: BTreeMap::new(),
+            placeable,
         }
     }
 
@@ -650,8 +653,8 @@ impl Placer {
         let Some(allowed) = &job.cpus_allowed else {
             return Ok(());
         };
-        let here = isonvme::os::placeable_cpus();
-        let missing = allowed.difference(&here);
+        let here = &self.placeable;
+        let missing = allowed.difference(here);
         if missing.is_empty() {
             return Ok(());
         }

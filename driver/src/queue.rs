@@ -12,6 +12,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::dma::{DmaBuffer, DmaPool};
 use crate::mmio::Mmio;
+use crate::nvme::regs::{doorbell_offset, offset};
 use crate::nvme::{CompletionEntry, SubmissionEntry};
 
 impl std::fmt::Debug for SubmissionQueue {
@@ -61,13 +62,10 @@ pub struct SubmissionQueue {
     // Indices are u32 so `index + depth` never overflows.
     depth: u32,
     tail: u32,
-    /// The tail value the device was last told.
-    published_tail: u32,
     /// The head the device last reported (entries before it are free).
     head: u32,
-    mmio: Mmio,
-    doorbell: usize,
-    shadow: Option<ShadowSlot>,
+    /// The tail doorbell.
+    doorbell: Doorbell,
 }
 
 impl SubmissionQueue {
@@ -87,22 +85,19 @@ impl SubmissionQueue {
             ring,
             depth,
             tail: 0,
-            published_tail: 0,
             head: 0,
-            mmio,
-            doorbell,
-            shadow: None,
+            doorbell: Doorbell::new(mmio, doorbell),
         })
     }
 
     /// Publishes the tail through the shadow doorbell buffer from now on.
     pub(crate) fn use_shadow(&mut self, slot: ShadowSlot) {
-        self.shadow = Some(slot);
+        self.doorbell.shadow = Some(slot);
     }
 
     /// The tail value the device was last told.
     pub(crate) fn published(&self) -> u32 {
-        self.published_tail
+        self.doorbell.published
     }
 
     /// The queue identifier.
@@ -162,16 +157,7 @@ impl SubmissionQueue {
     /// register write for a whole batch; with shadow doorbells, a memory
     /// store and a register write only when the device's EventIdx asks).
     pub fn ring_doorbell(&mut self) {
-        if self.tail != self.published_tail {
-            let register = self
-                .shadow
-                .as_ref()
-                .is_none_or(|shadow| shadow.publish(self.published_tail, self.tail));
-            if register {
-                self.mmio.ring_doorbell(self.doorbell, self.tail);
-            }
-            self.published_tail = self.tail;
-        }
+        self.doorbell.ring(self.tail);
     }
 
     /// Records the SQ head a completion reported. A head outside the ring
@@ -223,11 +209,8 @@ pub struct CompletionQueue {
     depth: u32,
     head: u32,
     phase: bool,
-    /// The head value the device was last told.
-    published_head: u32,
-    mmio: Mmio,
-    doorbell: usize,
-    shadow: Option<ShadowSlot>,
+    /// The head doorbell.
+    doorbell: Doorbell,
 }
 
 impl CompletionQueue {
@@ -250,21 +233,18 @@ impl CompletionQueue {
             depth,
             head: 0,
             phase: true,
-            published_head: 0,
-            mmio,
-            doorbell,
-            shadow: None,
+            doorbell: Doorbell::new(mmio, doorbell),
         })
     }
 
     /// Publishes the head through the shadow doorbell buffer from now on.
     pub(crate) fn use_shadow(&mut self, slot: ShadowSlot) {
-        self.shadow = Some(slot);
+        self.doorbell.shadow = Some(slot);
     }
 
     /// The head value the device was last told.
     pub(crate) fn published(&self) -> u32 {
-        self.published_head
+        self.doorbell.published
     }
 
     /// The queue identifier.
@@ -324,16 +304,45 @@ impl CompletionQueue {
 
     /// Tells the device which entries have been consumed.
     pub fn ring_doorbell(&mut self) {
-        if self.head != self.published_head {
-            let register = self
-                .shadow
-                .as_ref()
-                .is_none_or(|shadow| shadow.publish(self.published_head, self.head));
-            if register {
-                self.mmio.ring_doorbell(self.doorbell, self.head);
-            }
-            self.published_head = self.head;
+        self.doorbell.ring(self.head);
+    }
+}
+
+/// A queue's doorbell: the register, the value the device was last told,
+/// and its slot in the shadow buffers once Doorbell Buffer Config is on.
+/// One piece for SQ tails and CQ heads alike.
+struct Doorbell {
+    mmio: Mmio,
+    offset: usize,
+    published: u32,
+    shadow: Option<ShadowSlot>,
+}
+
+impl Doorbell {
+    fn new(mmio: Mmio, offset: usize) -> Self {
+        Doorbell {
+            mmio,
+            offset,
+            published: 0,
+            shadow: None,
         }
+    }
+
+    /// Tells the device `value` if it changed: through the shadow slot,
+    /// with a register write only when its EventIdx asks (always without
+    /// shadow doorbells).
+    fn ring(&mut self, value: u32) {
+        if value == self.published {
+            return;
+        }
+        let register = self
+            .shadow
+            .as_ref()
+            .is_none_or(|shadow| shadow.publish(self.published, value));
+        if register {
+            self.mmio.ring_doorbell(self.offset, value);
+        }
+        self.published = value;
     }
 }
 
@@ -377,7 +386,8 @@ impl ShadowBuffers {
         completion: bool,
         always_register: bool,
     ) -> Option<ShadowSlot> {
-        let offset = (2 * usize::from(qid) + usize::from(completion)) * self.stride;
+        // The same layout as the doorbell registers.
+        let offset = doorbell_offset(qid, completion, self.stride) - offset::DOORBELL_BASE;
         if offset + 4 > self.doorbells.len() {
             return None;
         }

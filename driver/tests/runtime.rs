@@ -3,12 +3,13 @@
 //! handle does I/O, shared SQs, completion modes and hotplug.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use isonvme::mapping::{CpuSet, Topology, TopologySpec};
 use isonvme::runtime::{
-    CompletionMode, CpuHandle, InlineCpus, ManualOnline, Runtime, RuntimeOptions,
+    CompletionMode, CpuHandle, InlineCpus, ManualOnline, Runtime, RuntimeOptions, VectorCounters,
 };
 use isonvme::sim::SimController;
 use isonvme::{Controller, ControllerOptions, IoCommand};
@@ -35,6 +36,15 @@ fn start(sim_options: &str, options: RuntimeOptions) -> (Arc<SimController>, Run
     let controller = Controller::open(sim.clone(), ControllerOptions::default()).unwrap();
     let runtime = Runtime::open(controller, options).unwrap();
     (sim, runtime)
+}
+
+/// One counter summed over every vector of `runtime`.
+fn vector_sum(runtime: &Runtime, counter: impl Fn(&VectorCounters) -> &AtomicU64) -> u64 {
+    runtime
+        .vectors()
+        .iter()
+        .map(|v| counter(&v.counters).load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
 }
 
 /// Writes then reads back `count` blocks through `handle`, checking data.
@@ -114,15 +124,7 @@ fn vectors_follow_housekeeping_and_every_cpu_does_io() {
     assert!(runtime.handle(3).is_err(), "a handle is handed out once");
     assert!(runtime.handle(8).is_err(), "CPU 8 does not exist");
     // Every completion was reaped by a thread of a housekeeping vector.
-    let completions: u64 = runtime
-        .vectors()
-        .iter()
-        .map(|v| {
-            v.counters
-                .completions
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
+    let completions = vector_sum(&runtime, |c| &c.completions);
     assert_eq!(completions, 8 * 40);
     runtime.close().unwrap();
 }
@@ -271,15 +273,7 @@ fn every_completion_mode_works() {
             // Let hybrid threads go past their spin window and block.
             std::thread::sleep(Duration::from_millis(1));
         }
-        let interrupts: u64 = runtime
-            .vectors()
-            .iter()
-            .map(|v| {
-                v.counters
-                    .interrupts
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum();
+        let interrupts = vector_sum(&runtime, |c| &c.interrupts);
         assert_eq!(
             interrupts > 0,
             expect_interrupts,
@@ -449,19 +443,8 @@ fn inline_cpus_reap_their_own_completions_without_interrupts() {
             "CPU {cpu} reaped its own completions"
         );
     }
-    let vector_completions = |runtime: &Runtime| -> u64 {
-        runtime
-            .vectors()
-            .iter()
-            .map(|v| {
-                v.counters
-                    .completions
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum()
-    };
     assert_eq!(
-        vector_completions(&runtime),
+        vector_sum(&runtime, |c| &c.completions),
         0,
         "no housekeeping thread touched an inline completion"
     );
@@ -476,7 +459,7 @@ fn inline_cpus_reap_their_own_completions_without_interrupts() {
         assert!(!handle.is_inline());
         write_read(&mut handle, cpu as u64 * 100, 10);
     }
-    assert_eq!(vector_completions(&runtime), 40);
+    assert_eq!(vector_sum(&runtime, |c| &c.completions), 40);
     runtime.close().unwrap();
 }
 
@@ -592,17 +575,7 @@ fn an_idle_polling_thread_parks_and_wakes_for_new_work() {
     let (_sim, runtime) = start("sim,size=16M", options);
     let mut handle = runtime.handle(4).unwrap();
     write_read(&mut handle, 0, 5);
-    let naps = |runtime: &Runtime| -> u64 {
-        runtime
-            .vectors()
-            .iter()
-            .map(|v| {
-                v.counters
-                    .parked_naps
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum()
-    };
+    let naps = |runtime: &Runtime| vector_sum(runtime, |c| &c.parked_naps);
     let deadline = Instant::now() + Duration::from_secs(5);
     while naps(&runtime) == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));

@@ -317,12 +317,13 @@ impl CpuHandle {
             CompletionPath::Inline(cq) => {
                 let mut outcome = Ok(());
                 let mut consumed = false;
+                // An inline pair always has its own SQ.
+                let own_sq = match &self.path {
+                    SubmitPath::Direct(sq) => sq.id(),
+                    SubmitPath::Shared(_) => 0,
+                };
                 while let Some(entry) = cq.pop() {
                     consumed = true;
-                    let own_sq = match &self.path {
-                        SubmitPath::Direct(sq) => sq.id(),
-                        SubmitPath::Shared(_) => 0,
-                    };
                     if entry.sq_id != own_sq {
                         outcome = Err(DeviceError::WrongSubmissionQueue {
                             cq: cq.id(),

@@ -317,7 +317,7 @@ impl Runtime {
         }
         let shared_sqs = interrupt_cpus.len() + inline_count > granted.sqs;
 
-        let mut counters: BTreeMap<usize, Arc<CpuCounters>> = cpus
+        let counters: BTreeMap<usize, Arc<CpuCounters>> = cpus
             .iter()
             .map(|&cpu| (cpu, Arc::new(CpuCounters::default())))
             .collect();
@@ -456,7 +456,6 @@ impl Runtime {
                 cq: cq_id,
             });
         }
-        counters.retain(|cpu, _| parts.contains_key(cpu));
         tracing::info!(layout = %layout, "isonvme runtime queues");
 
         let stop = Arc::new(AtomicBool::new(false));

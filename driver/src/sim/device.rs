@@ -617,8 +617,11 @@ impl Device {
         if qid == 0 {
             return None;
         }
-        let at = doorbells + (doorbell - doorbell_offset(0, false, self.dstrd_bytes())) as u64;
-        mem.load::<u32>(GuestAddress(at), Ordering::Acquire).ok()
+        mem.load::<u32>(
+            GuestAddress(doorbells + shadow_offset(doorbell)),
+            Ordering::Acquire,
+        )
+        .ok()
     }
 
     /// Publishes in the EventIdx buffer how far the device has read a
@@ -631,8 +634,8 @@ impl Device {
         if qid == 0 {
             return;
         }
-        let at = event_indexes + (doorbell - doorbell_offset(0, false, self.dstrd_bytes())) as u64;
-        let _ = mem.store(value, GuestAddress(at), Ordering::Release);
+        let at = GuestAddress(event_indexes + shadow_offset(doorbell));
+        let _ = mem.store(value, at, Ordering::Release);
     }
 
     /// After Doorbell Buffer Config: copies every queue's current tail and
@@ -651,8 +654,8 @@ impl Device {
                     self.sqs[qid].as_ref().map(|sq| sq.tail)
                 };
                 if let Some(value) = value {
-                    let at = doorbells + (doorbell - doorbell_offset(0, false, stride)) as u64;
-                    let _ = mem.store(value, GuestAddress(at), Ordering::Release);
+                    let at = GuestAddress(doorbells + shadow_offset(doorbell));
+                    let _ = mem.store(value, at, Ordering::Release);
                     self.set_event_index(mem, qid, doorbell, value);
                 }
             }
@@ -1080,6 +1083,12 @@ impl Device {
             cqe,
         }));
     }
+}
+
+/// Where a doorbell register's value sits in the shadow doorbell and
+/// EventIdx buffers, which are laid out like the doorbells from SQ 0's.
+fn shadow_offset(doorbell: usize) -> u64 {
+    (doorbell - offset::DOORBELL_BASE) as u64
 }
 
 impl SubQueue {
