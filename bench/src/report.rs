@@ -211,13 +211,30 @@ pub fn isolation_report(
 /// 600+/s.
 const PREEMPTIONS_PER_SECOND: f64 = 100.0;
 
-/// Says why the run's figures may be unreliable: job threads that other
-/// work preempted often (involuntary context switches), or a 1-minute load
+/// Share of the measured period an isonvme job thread must have had its
+/// CPU: it polls without sleeping, so it runs all of the time unless other
+/// work takes its CPU (sharing it with one spinning thread: about half).
+const MIN_CPU_SHARE: f64 = 0.8;
+
+/// Says why the run's figures may be unreliable: isonvme job threads that
+/// did not get their CPU for the whole run, job threads that other work
+/// preempted often (involuntary context switches), or a 1-minute load
 /// average above the CPUs there are. `loadavg` is `/proc/loadavg`'s text.
 pub fn disturbance(jobs: &[JobResult], loadavg: Option<&str>) -> Option<String> {
     let mut reasons = Vec::new();
     for job in jobs {
         let seconds = job.runtime.as_secs_f64().max(1e-3);
+        let on_cpu = (job.usage.user + job.usage.system).as_secs_f64() / seconds;
+        if job.engine == "isonvme" && on_cpu < MIN_CPU_SHARE {
+            reasons.push(format!(
+                "job thread {}/{} had its CPU for only {:.0}% of the run{}",
+                job.options.name,
+                job.jobnum,
+                on_cpu * 100.0,
+                job.ran_on
+                    .map_or(String::new(), |cpu| format!(" (CPU {cpu})"))
+            ));
+        }
         let rate = job.lifetime_usage.involuntary as f64 / seconds;
         if rate > PREEMPTIONS_PER_SECOND {
             reasons.push(format!(

@@ -395,5 +395,5 @@ fn a_run_sharing_its_cpu_with_a_busy_thread_is_reported_as_disturbed() {
         .disturbed
         .as_deref()
         .expect("a job thread sharing its CPU with a spinning thread is disturbed");
-    assert!(disturbed.contains("preempted"), "{disturbed}");
+    assert!(disturbed.contains("had its CPU for only"), "{disturbed}");
 }
