@@ -126,7 +126,7 @@ pub(crate) struct Registers {
 }
 
 impl Registers {
-    fn csts(&self) -> Csts {
+    pub(crate) fn csts(&self) -> Csts {
         Csts(self.mmio.read32(offset::CSTS))
     }
 
@@ -148,9 +148,7 @@ impl Registers {
             // a dead link): no state change will ever show, so say so now
             // instead of waiting out CAP.TO, as the kernel's driver does.
             if csts.0 == u32::MAX {
-                return Err(Error::Unusable(
-                    "the device is gone: its registers read all-ones (surprise removal or a dead PCIe link)",
-                ));
+                return Err(Error::DeviceRemoved);
             }
             if done(csts) {
                 return Ok(());
@@ -192,7 +190,10 @@ impl Registers {
             ));
         }
         let csts = self.csts();
-        if csts.0 != u32::MAX && csts.cfs() {
+        if csts.0 == u32::MAX {
+            return Err(Error::DeviceRemoved);
+        }
+        if csts.cfs() {
             return Err(Error::ControllerFatal);
         }
         Ok(())
@@ -274,14 +275,7 @@ impl Controller {
         mmio.write32(offset::AQA, Aqa::new(zero_based, zero_based).0);
         mmio.write64(offset::ASQ, sq.iova());
         mmio.write64(offset::ACQ, cq.iova());
-        let cc = Cc::new()
-            .with_css(Cc::CSS_NVM)
-            .with_mps(0) // 2^(12+0) = 4 KiB pages
-            .with_ams(0) // round robin
-            .with_iosqes(6) // 64-byte SQ entries
-            .with_iocqes(4) // 16-byte CQ entries
-            .with_en(true);
-        mmio.write32(offset::CC, cc.0);
+        mmio.write32(offset::CC, enabled_cc().0);
         regs.wait(
             |csts| csts.rdy() || csts.cfs(),
             "did not become ready (CSTS.RDY=1)",
@@ -431,7 +425,28 @@ impl Controller {
     pub fn admin_command(
         &self,
         what: &'static str,
+        command: SubmissionEntry,
+    ) -> Result<CompletionEntry> {
+        self.admin_command_within(what, command, None)
+    }
+
+    /// An admin command the recovery watchdog sends (Abort, queue
+    /// re-creation): after `bound` it gives up with `Timeout` without
+    /// stopping the controller, whose reset comes next.
+    pub(crate) fn admin_command_bounded(
+        &self,
+        what: &'static str,
+        command: SubmissionEntry,
+        bound: Duration,
+    ) -> Result<CompletionEntry> {
+        self.admin_command_within(what, command, Some(bound))
+    }
+
+    fn admin_command_within(
+        &self,
+        what: &'static str,
         mut command: SubmissionEntry,
+        bound: Option<Duration>,
     ) -> Result<CompletionEntry> {
         self.regs.check()?;
         let mut admin = self.admin();
@@ -480,6 +495,13 @@ impl Controller {
             spins += 1;
             if spins.is_multiple_of(64) {
                 self.regs.check()?;
+                if let Some(bound) = bound.filter(|&bound| start.elapsed() > bound) {
+                    return Err(Error::Timeout {
+                        what: "did not complete an admin command",
+                        waited: bound,
+                        hint: "; a controller reset follows",
+                    });
+                }
                 if start.elapsed() > self.options.command_timeout {
                     drop(admin);
                     self.regs.fail();
@@ -562,17 +584,24 @@ impl Controller {
         if let Some(slot) = self.shadow.as_ref().and_then(|s| s.slot(qid, true, false)) {
             cq.use_shadow(slot);
         }
+        self.announce_io_cq(qid, depth, cq.iova(), vector)?;
+        Ok(cq)
+    }
+
+    /// Sends Create I/O Completion Queue for a ring that already exists on
+    /// the host (bring-up, and again after a controller reset).
+    pub(crate) fn announce_io_cq(
+        &self,
+        qid: u16,
+        depth: u32,
+        iova: u64,
+        vector: Option<u16>,
+    ) -> Result<()> {
         self.admin_command(
             "Create I/O Completion Queue",
-            SubmissionEntry::create_io_cq(
-                qid,
-                depth,
-                cq.iova(),
-                vector.unwrap_or(0),
-                vector.is_some(),
-            ),
-        )?;
-        Ok(cq)
+            SubmissionEntry::create_io_cq(qid, depth, iova, vector.unwrap_or(0), vector.is_some()),
+        )
+        .map(drop)
     }
 
     /// Creates I/O submission queue `qid` with `depth` entries, completing
@@ -591,11 +620,69 @@ impl Controller {
         if let Some(slot) = self.shadow.as_ref().and_then(|s| s.slot(qid, false, false)) {
             sq.use_shadow(slot);
         }
+        self.announce_io_sq(qid, depth, sq.iova(), cq_id)?;
+        Ok(sq)
+    }
+
+    /// Sends Create I/O Submission Queue for a ring that already exists on
+    /// the host (bring-up, and again after a controller reset).
+    pub(crate) fn announce_io_sq(&self, qid: u16, depth: u32, iova: u64, cq_id: u16) -> Result<()> {
         self.admin_command(
             "Create I/O Submission Queue",
-            SubmissionEntry::create_io_sq(qid, depth, sq.iova(), cq_id, QueuePriority::Medium),
+            SubmissionEntry::create_io_sq(qid, depth, iova, cq_id, QueuePriority::Medium),
+        )
+        .map(drop)
+    }
+
+    /// Controller reset, the second half (the kernel's `nvme_reset_work`):
+    /// with the controller already disabled (CC.EN=0, CSTS.RDY=0), start the
+    /// admin queue over in the same memory, enable, and configure what
+    /// bring-up configured (queue count, shadow doorbells). I/O queues are
+    /// created again by their owners' code. Fails with the reason when the
+    /// controller does not come back (CAP.TO, fatal status, all-ones).
+    pub(crate) fn reinitialize(&self) -> Result<()> {
+        let mmio = &self.regs.mmio;
+        let mut admin = self.admin();
+        admin.sq.reset();
+        admin.cq.reset();
+        admin.next_cid = 0;
+        if let Some(shadow) = &self.shadow {
+            shadow.clear();
+        }
+        let zero_based = (admin.sq.depth() - 1) as u16;
+        mmio.write32(offset::AQA, Aqa::new(zero_based, zero_based).0);
+        mmio.write64(offset::ASQ, admin.sq.iova());
+        mmio.write64(offset::ACQ, admin.cq.iova());
+        drop(admin);
+        mmio.write32(offset::CC, enabled_cc().0);
+        self.regs.wait(
+            |csts| csts.rdy() || csts.cfs(),
+            "did not become ready again after a reset (CSTS.RDY=1)",
         )?;
-        Ok(sq)
+        if self.regs.csts().cfs() {
+            return Err(Error::ControllerFatal);
+        }
+        let wanted = u32::from(self.options.io_queues.max(1));
+        let completion = self.admin_command(
+            "Set Features (Number of Queues)",
+            SubmissionEntry::set_features_num_queues(wanted, wanted),
+        )?;
+        let (sqs, cqs) = num_queues_from_dw0(completion.dw0);
+        if sqs < u32::from(self.info.granted_sqs) || cqs < u32::from(self.info.granted_cqs) {
+            return Err(DeviceError::Unsupported(format!(
+                "after a reset the controller grants {sqs} SQs and {cqs} CQs, fewer than the {} and {} the queues were built for",
+                self.info.granted_sqs, self.info.granted_cqs
+            ))
+            .into());
+        }
+        if let Some(shadow) = &self.shadow {
+            let (doorbells, event_indexes) = shadow.iovas();
+            self.admin_command(
+                "Doorbell Buffer Config",
+                SubmissionEntry::doorbell_buffer_config(doorbells, event_indexes),
+            )?;
+        }
+        Ok(())
     }
 
     /// Deletes I/O submission queue `qid`.
@@ -672,6 +759,17 @@ impl Drop for Controller {
             tracing::warn!(%error, "controller shutdown failed");
         }
     }
+}
+
+/// The controller configuration isonvme runs with, enable bit set.
+fn enabled_cc() -> Cc {
+    Cc::new()
+        .with_css(Cc::CSS_NVM)
+        .with_mps(0) // 2^(12+0) = 4 KiB pages
+        .with_ams(0) // round robin
+        .with_iosqes(6) // 64-byte SQ entries
+        .with_iocqes(4) // 16-byte CQ entries
+        .with_en(true)
 }
 
 fn check_doorbell(mmio: &Mmio, qid: u16, stride: usize) -> Result<()> {

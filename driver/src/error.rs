@@ -60,6 +60,9 @@ pub enum Error {
     /// The submission queue has no free slot: poll for completions first.
     #[error("the submission queue is full: poll completions before submitting more")]
     QueueFull,
+    /// The device is gone: its registers read all-ones.
+    #[error("the device is gone (its registers read all-ones: surprise removal or a dead PCIe link); every command in flight was failed; reopen it once it is back")]
+    DeviceRemoved,
     /// The controller was closed or failed earlier.
     #[error("the controller is no longer usable: {0}")]
     Unusable(&'static str),

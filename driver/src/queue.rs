@@ -160,6 +160,15 @@ impl SubmissionQueue {
         self.doorbell.ring(self.tail);
     }
 
+    /// Forgets every entry, as the device does when the controller is
+    /// reset: tail and head back to 0, the doorbell told nothing yet (its
+    /// shadow slot zeroed). The queue must be created again before use.
+    pub(crate) fn reset(&mut self) {
+        self.tail = 0;
+        self.head = 0;
+        self.doorbell.reset();
+    }
+
     /// Records the SQ head a completion reported. A head outside the ring
     /// or one that would move backwards past the tail means the device is
     /// confused; it is refused and the caller reports it.
@@ -306,6 +315,30 @@ impl CompletionQueue {
     pub fn ring_doorbell(&mut self) {
         self.doorbell.ring(self.head);
     }
+
+    /// Starts the ring over, as a queue the controller has just created
+    /// expects: every entry zeroed (phase 0), head 0, first pass phase 1,
+    /// the doorbell told nothing yet. Only while the controller is disabled
+    /// or the queue does not exist there (a controller reset).
+    pub(crate) fn reset(&mut self) {
+        let words = self.depth as usize * CQ_ENTRY_SIZE / 4;
+        for index in 0..words {
+            // SAFETY: `index * 4 + 4 <= depth * 16 <= ring capacity`, the
+            // ring is page aligned; the device does not write a queue that
+            // does not exist (the caller's contract), and the volatile
+            // stores keep the compiler from eliding them.
+            unsafe {
+                self.ring
+                    .as_ptr()
+                    .add(index * 4)
+                    .cast::<u32>()
+                    .write_volatile(0);
+            }
+        }
+        self.head = 0;
+        self.phase = true;
+        self.doorbell.reset();
+    }
 }
 
 /// A queue's doorbell: the register, the value the device was last told,
@@ -325,6 +358,15 @@ impl Doorbell {
             offset,
             published: 0,
             shadow: None,
+        }
+    }
+
+    /// Back to a new queue's doorbell: nothing published, the shadow slot
+    /// (and its EventIdx) zeroed.
+    fn reset(&mut self) {
+        self.published = 0;
+        if let Some(shadow) = &self.shadow {
+            shadow.seed(0);
         }
     }
 
@@ -374,6 +416,19 @@ impl ShadowBuffers {
     /// and PRP2 of Doorbell Buffer Config).
     pub fn iovas(&self) -> (u64, u64) {
         (self.doorbells.iova(), self.event_indexes.iova())
+    }
+
+    /// Zeroes every shadow doorbell and EventIdx (a controller reset
+    /// forgets them; the buffers are configured again afterwards).
+    pub(crate) fn clear(&self) {
+        for buffer in [&self.doorbells, &self.event_indexes] {
+            for index in 0..buffer.len() / 4 {
+                // SAFETY: within the buffer, 4-byte aligned (page-aligned
+                // buffer); shared with a device, hence atomic stores.
+                let word = unsafe { AtomicU32::from_ptr(buffer.as_ptr().add(index * 4).cast()) };
+                word.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Queue `qid`'s slot (its tail for an SQ, head for a CQ), zeroed, as a

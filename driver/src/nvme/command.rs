@@ -231,6 +231,24 @@ impl SubmissionEntry {
         }
     }
 
+    /// Abort (admin 0x08): asks the controller to abort command `cid` of
+    /// submission queue `sqid`. Completion dword 0 bit 0 is 0 when it did
+    /// (the command then completes with Command Abort Requested).
+    #[must_use]
+    pub const fn abort(sqid: u16, cid: u16) -> Self {
+        Self {
+            cdw10: sqid as u32 | (cid as u32) << 16,
+            ..Self::with_opcode(AdminOpcode::Abort as u8)
+        }
+    }
+
+    /// Asynchronous Event Request (admin 0x0C): completes when the
+    /// controller has an event to report (dword 0: type, info, log page).
+    #[must_use]
+    pub const fn async_event_request() -> Self {
+        Self::with_opcode(AdminOpcode::AsyncEventRequest as u8)
+    }
+
     /// Delete I/O Completion Queue (admin 0x04). Its SQs must go first.
     #[must_use]
     pub const fn delete_io_cq(qid: u16) -> Self {

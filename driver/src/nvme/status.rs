@@ -348,6 +348,8 @@ impl fmt::Display for StatusCode {
             Self::Generic(s) => s.fmt(f),
             Self::CommandSpecific(s) => s.fmt(f),
             Self::Media(s) => s.fmt(f),
+            Self::Path(0x70) => f.write_str("host pathing error"),
+            Self::Path(0x71) => f.write_str("command aborted by host"),
             Self::Path(sc) => write!(f, "path related status {sc:#04x}"),
             Self::Vendor(sc) => write!(f, "vendor specific status {sc:#04x}"),
             Self::Reserved { sct, sc } => write!(f, "reserved status type {sct} code {sc:#04x}"),
@@ -447,6 +449,17 @@ impl NvmeStatus {
     pub const fn to_status_field(&self) -> u16 {
         self.to_status().0
     }
+
+    /// Command Aborted By Host (path related status 0x71, Do Not Retry):
+    /// what the driver itself completes a command with when it gives up on
+    /// it (the device was removed, or a reset left it past its retry
+    /// budget), as the kernel's driver does.
+    pub const HOST_ABORTED: NvmeStatus = NvmeStatus {
+        code: StatusCode::Path(0x71),
+        crd: 0,
+        more: false,
+        dnr: true,
+    };
 
     /// Whether retrying the identical command may succeed.
     #[must_use]

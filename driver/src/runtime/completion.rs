@@ -12,9 +12,10 @@ use isonvme_mapping::CpuSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::handle::{CpuCounters, Record};
+use super::recovery::{DeviceState, Health};
 use super::CompletionMode;
 use crate::controller::Registers;
-use crate::nvme::SubmissionEntry;
+use crate::nvme::{NvmeStatus, SubmissionEntry};
 use crate::os;
 use crate::queue::{CompletionQueue, SubmissionQueue};
 use crate::spsc::{Consumer, Producer};
@@ -93,6 +94,15 @@ pub(super) struct VectorWork {
     pub feeders: Vec<Arc<CpuCounters>>,
 }
 
+impl SharedSq {
+    /// Remembers an entry the hardware SQ now has in flight.
+    fn track(&mut self, entry: &SubmissionEntry) {
+        if let Some(slot) = self.in_flight.get_mut(usize::from(entry.cid())) {
+            *slot = Some((*entry, 0));
+        }
+    }
+}
+
 pub(super) struct SharedSq {
     pub sq: SubmissionQueue,
     pub per_cpu_slots: u16,
@@ -100,6 +110,11 @@ pub(super) struct SharedSq {
     pub completions: Vec<Producer<Record>>,
     /// An entry taken from a ring that did not fit the SQ yet.
     pub held: Option<SubmissionEntry>,
+    /// What the hardware SQ has in flight, by command id, with the resets
+    /// it went through: after a reset this thread submits it again.
+    pub in_flight: Vec<Option<(SubmissionEntry, u8)>>,
+    /// Resubmissions a reset allows a command before it fails.
+    pub max_retries: u8,
 }
 
 /// Pins the calling completion thread to `target` as far as this machine
@@ -153,7 +168,12 @@ pub(super) fn completion_thread(
     mode: CompletionMode,
     stop: &AtomicBool,
     regs: &Registers,
+    health: &Health,
+    reset_ack: &AtomicU64,
 ) {
+    // The runtime opens at epoch 0; a thread scheduled late must still
+    // see a reset that began before it ran.
+    let mut seen_epoch = 0;
     let mut generations: Vec<u64> = work
         .iter()
         .map(|w| w.state.generation.load(Ordering::Acquire))
@@ -175,6 +195,34 @@ pub(super) fn completion_thread(
     let mut last_activity = Instant::now();
     let mut spin = os::SpinYield::new();
     while !stop.load(Ordering::Acquire) {
+        let epoch = health.epoch.load(Ordering::Acquire);
+        if epoch != seen_epoch {
+            if health.state() != DeviceState::Alive {
+                break;
+            }
+            seen_epoch = epoch;
+            if epoch.is_multiple_of(2) {
+                // The queues exist again: send what the reset dropped.
+                for vector in work.iter_mut() {
+                    vector.resubmit_after_reset();
+                }
+            } else {
+                // The controller is disabled: hand over what it completed
+                // before, start the rings over, and say so.
+                for vector in work.iter_mut() {
+                    vector.reap(health);
+                    vector.start_over();
+                }
+                // Release: the rings are reset before the watchdog
+                // creates the queues again.
+                reset_ack.store(epoch, Ordering::Release);
+            }
+        }
+        if !seen_epoch.is_multiple_of(2) {
+            // Nothing to do until the queues are back.
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
+        }
         let mut did_work = false;
         let mut moved = false;
         for (index, vector) in work.iter().enumerate() {
@@ -189,7 +237,7 @@ pub(super) fn completion_thread(
         }
         for vector in work.iter_mut() {
             did_work |= vector.drain_submissions();
-            did_work |= vector.reap();
+            did_work |= vector.reap(health);
         }
         if did_work {
             last_activity = Instant::now();
@@ -250,6 +298,50 @@ pub(super) fn completion_thread(
 }
 
 impl VectorWork {
+    /// After the controller was disabled for a reset: the CQ and the
+    /// shared SQ start over (their queues are created again by the
+    /// watchdog).
+    fn start_over(&mut self) {
+        self.cq.reset();
+        if let Some(shared) = self.shared.as_mut() {
+            shared.sq.reset();
+        }
+    }
+
+    /// After the reset: submits again what the shared SQ had in flight,
+    /// or fails it ("command aborted by host") once its budget is spent.
+    fn resubmit_after_reset(&mut self) {
+        let Some(shared) = self.shared.as_mut() else {
+            return;
+        };
+        let per_cpu = shared.per_cpu_slots.max(1);
+        let mut pushed = false;
+        for cid in 0..shared.in_flight.len() {
+            let Some((entry, resets)) = shared.in_flight[cid] else {
+                continue;
+            };
+            let local = cid / usize::from(per_cpu);
+            if resets >= shared.max_retries || shared.sq.push(&entry).is_err() {
+                shared.in_flight[cid] = None;
+                let record = Record {
+                    cid: cid as u16,
+                    sq_head: 0,
+                    status: NvmeStatus::HOST_ABORTED.to_status_field(),
+                    dw0: 0,
+                };
+                if let Some(ring) = shared.completions.get_mut(local) {
+                    let _ = ring.push(record);
+                }
+                continue;
+            }
+            shared.in_flight[cid] = Some((entry, resets + 1));
+            pushed = true;
+        }
+        if pushed {
+            shared.sq.ring_doorbell();
+        }
+    }
+
     /// Whether no command submitted to this vector's CQ is waiting for its
     /// completion (submitted by the feeding CPUs minus reaped here).
     fn is_idle(&self) -> bool {
@@ -278,6 +370,7 @@ impl VectorWork {
                     shared.held = Some(entry);
                     break;
                 }
+                shared.track(&entry);
                 moved = true;
             }
             for ring in &mut shared.submissions {
@@ -288,6 +381,9 @@ impl VectorWork {
                     if let Err(crate::queue::QueueFull) = shared.sq.push(&entry) {
                         shared.held = Some(entry);
                         break;
+                    }
+                    if let Some(slot) = shared.in_flight.get_mut(usize::from(entry.cid())) {
+                        *slot = Some((entry, 0));
                     }
                     moved = true;
                     progressed = true;
@@ -305,7 +401,7 @@ impl VectorWork {
 
     /// Reaps the CQ and hands each completion to its CPU; returns whether
     /// anything was reaped.
-    pub(super) fn reap(&mut self) -> bool {
+    pub(super) fn reap(&mut self, health: &Health) -> bool {
         let mut reaped = 0u64;
         while let Some(entry) = self.cq.pop() {
             reaped += 1;
@@ -321,8 +417,12 @@ impl VectorWork {
                         tracing::warn!(
                             sq = entry.sq_id,
                             head = entry.sq_head,
-                            "impossible SQ head"
+                            "impossible SQ head; resetting the controller"
                         );
+                        health.request_reset();
+                    }
+                    if let Some(slot) = shared.in_flight.get_mut(usize::from(entry.cid)) {
+                        *slot = None;
                     }
                     let local = usize::from(entry.cid / shared.per_cpu_slots.max(1));
                     shared

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::recovery::{DeviceState, HandleWatch, Health};
 use crate::controller::Registers;
 use crate::dma::{DmaBuffer, DmaPool};
 use crate::error::{DeviceError, Error, Result};
@@ -50,6 +51,16 @@ pub struct CpuCounters {
     pub reaped_inline: AtomicU64,
     /// Submissions refused because the CPU's queue was full.
     pub ring_full: AtomicU64,
+    /// Commands submitted again after a retryable error status (not Do
+    /// Not Retry, within the retry budget), honouring the controller's
+    /// Command Retry Delay.
+    pub retried: AtomicU64,
+    /// Commands submitted again because a controller reset dropped them.
+    pub resubmitted: AtomicU64,
+    /// Commands failed by the driver ("command aborted by host"): the
+    /// device was removed or given up on, or a command's retry budget was
+    /// spent on resets.
+    pub failed_by_host: AtomicU64,
 }
 
 /// Adds to a counter only its handle writes: a plain load and store (no
@@ -81,6 +92,45 @@ pub(super) struct HandleParts {
     pub completions: CompletionPath,
     pub cid_base: u16,
     pub slots: u16,
+    /// Its deadlines and reset handshake, shared with the watchdog.
+    pub watch: Arc<HandleWatch>,
+}
+
+/// What a handle shares with the runtime: its counters, its deadlines and
+/// reset handshake, the device's health, and how it retries.
+pub(super) struct HandleContext {
+    pub counters: Arc<CpuCounters>,
+    pub watch: Arc<HandleWatch>,
+    pub health: Arc<Health>,
+    pub policy: RetryPolicy,
+}
+
+impl HandleContext {
+    /// Stamps a slot's deadline for the watchdog (relaxed: it only
+    /// compares numbers; a late view delays an abort by a scan).
+    fn arm_deadline(&self, slot: usize) {
+        let now = self.health.now_ms.load(Ordering::Relaxed);
+        self.watch.deadlines[slot].store(
+            now.saturating_add(self.policy.timeout_ms).max(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn disarm_deadline(&self, slot: usize) {
+        self.watch.deadlines[slot].store(0, Ordering::Relaxed);
+    }
+}
+
+/// How a handle times and retries its commands.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RetryPolicy {
+    /// Deadline of a command, in coarse-clock milliseconds.
+    pub timeout_ms: u64,
+    /// Times a command is submitted again (error statuses without DNR,
+    /// resets) before it fails.
+    pub max_retries: u8,
+    /// The controller's Command Retry Delay times (CRDT1-3), in ms.
+    pub retry_delay_ms: [u64; 3],
 }
 
 struct HandleSlot {
@@ -88,6 +138,14 @@ struct HandleSlot {
     tag: u64,
     buffer: Option<DmaBuffer>,
     prp_lists: PrpLists,
+    /// A copy of what was submitted, to submit again (retry, reset): the
+    /// ring slot it went to may be reused while it is in flight.
+    entry: SubmissionEntry,
+    retries: u8,
+    /// Waiting to be pushed (a reset in progress, a retry delay).
+    unsent: bool,
+    /// Coarse-clock ms before which an unsent retry waits (CRD).
+    not_before: u64,
 }
 
 /// The commands a handle has in flight, indexed by `cid - cid_base`.
@@ -95,72 +153,70 @@ struct Inflight {
     cid_base: u16,
     slots: Vec<HandleSlot>,
     free: Vec<u16>,
+    /// Slots with `unsent` set (looked at in `poll` only when non-zero).
+    unsent: usize,
+    /// Something was pushed inside `poll` (a retry): ring before returning.
+    pushed_in_poll: bool,
 }
 
 impl Inflight {
-    /// Retires the command a completion names and hands it to `deliver`.
-    fn complete(
-        &mut self,
-        cpu: usize,
-        path: &mut SubmitPath,
-        record: Record,
-        deliver: &mut impl FnMut(Completion),
-    ) -> Result<()> {
-        let slot_index = record.cid.wrapping_sub(self.cid_base);
-        let Some(slot) = self
-            .slots
-            .get_mut(usize::from(slot_index))
-            .filter(|slot| slot.busy)
-        else {
-            tracing::warn!(
-                cpu,
-                cid = record.cid,
-                "completion for a command that is not outstanding"
-            );
-            return Err(DeviceError::UnknownCommandId {
-                queue: 0,
-                cid: record.cid,
-            }
-            .into());
-        };
-        if let SubmitPath::Direct(sq) = path {
-            sq.update_head(record.sq_head).map_err(DeviceError::from)?;
+    /// The busy slot a completion names, or the protocol error.
+    fn slot_of(&self, cpu: usize, cid: u16) -> Result<usize> {
+        let slot_index = usize::from(cid.wrapping_sub(self.cid_base));
+        if self.slots.get(slot_index).is_some_and(|slot| slot.busy) {
+            return Ok(slot_index);
         }
+        tracing::warn!(cpu, cid, "completion for a command that is not outstanding");
+        Err(DeviceError::UnknownCommandId { queue: 0, cid }.into())
+    }
+
+    /// Frees `slot_index` and builds its completion.
+    fn retire(
+        &mut self,
+        slot_index: usize,
+        result: std::result::Result<u32, NvmeStatus>,
+    ) -> Completion {
+        let slot = &mut self.slots[slot_index];
         slot.busy = false;
-        let result = match NvmeStatus::from_status(Status(record.status)) {
-            None => Ok(record.dw0),
-            Some(status) => Err(status),
-        };
+        slot.unsent = false;
         let completion = Completion {
             tag: slot.tag,
             result,
             buffer: slot.buffer.take(),
         };
-        self.free.push(slot_index);
-        deliver(completion);
-        Ok(())
+        self.free.push(slot_index as u16);
+        completion
     }
 }
 
 /// One CPU's door to the device: submit and poll without locks, allocation
 /// or system calls. Use it from one thread at a time (normally the thread
 /// pinned to that CPU).
+///
+/// Commands carry a deadline; the runtime's watchdog aborts a late one and
+/// resets the controller when that does not help. Across a reset the handle
+/// stays valid: its next [`CpuHandle::poll`] takes in the reset and its
+/// commands in flight are submitted again (see `runtime::recovery`).
 pub struct CpuHandle {
     cpu: usize,
-    counters: Arc<CpuCounters>,
     path: SubmitPath,
     completions: CompletionPath,
     inflight: Inflight,
     commands: CommandBuilder,
     pool: DmaPool,
     regs: Arc<Registers>,
+    ctx: HandleContext,
+    /// The reset epoch this handle's rings belong to.
+    seen_epoch: u64,
+    /// Its queues are being created again after a reset: hold submissions.
+    waiting_for_queues: bool,
 }
 
 impl CpuHandle {
     pub(super) fn new(
         cpu: usize,
         parts: HandleParts,
-        counters: Arc<CpuCounters>,
+        ctx: HandleContext,
         commands: CommandBuilder,
         pool: DmaPool,
         regs: Arc<Registers>,
@@ -176,21 +232,36 @@ impl CpuHandle {
                 tag: 0,
                 buffer: None,
                 prp_lists,
+                entry: SubmissionEntry::default(),
+                retries: 0,
+                unsent: false,
+                not_before: 0,
             });
         }
+        // A handle taken after a reset starts its rings over like one that
+        // lived through it (acknowledged in its first poll).
+        let seen_epoch = if ctx.health.epoch.load(Ordering::Acquire) == 0 {
+            0
+        } else {
+            u64::MAX
+        };
         Ok(CpuHandle {
             cpu,
-            counters,
             path: parts.path,
             completions: parts.completions,
             inflight: Inflight {
                 cid_base: parts.cid_base,
                 free: (0..parts.slots).rev().collect(),
                 slots,
+                unsent: 0,
+                pushed_in_poll: false,
             },
             commands,
             pool,
             regs,
+            ctx,
+            seen_epoch,
+            waiting_for_queues: false,
         })
     }
 
@@ -221,9 +292,16 @@ impl CpuHandle {
         &self.pool
     }
 
+    /// Whether the device still serves I/O (it may be between resets), was
+    /// removed, or was given up on after a failed reset.
+    pub fn device_state(&self) -> DeviceState {
+        self.ctx.health.state()
+    }
+
     /// Queues a command; the device sees it after [`CpuHandle::ring`]
     /// (shared SQs: as soon as the queue's thread picks it up). The buffer
-    /// comes back with the completion.
+    /// comes back with the completion. During a controller reset the
+    /// command is kept and submitted once the queues are back.
     pub fn submit(
         &mut self,
         command: IoCommand,
@@ -233,12 +311,12 @@ impl CpuHandle {
         match self.push(command, buffer.as_ref(), tag) {
             Ok(slot) => {
                 self.inflight.slots[slot].buffer = buffer;
-                bump(&self.counters.submitted, 1);
+                bump(&self.ctx.counters.submitted, 1);
                 Ok(())
             }
             Err(error) => {
                 if matches!(error, Error::QueueFull) {
-                    bump(&self.counters.ring_full, 1);
+                    bump(&self.ctx.counters.ring_full, 1);
                 }
                 Err(Rejected { error, buffer })
             }
@@ -247,9 +325,9 @@ impl CpuHandle {
 
     fn push(&mut self, command: IoCommand, buffer: Option<&DmaBuffer>, tag: u64) -> Result<usize> {
         if self.regs.failed.load(Ordering::Relaxed) {
-            return Err(Error::Unusable(
+            return Err(self.ctx.health.error().unwrap_or(Error::Unusable(
                 "the controller was stopped after a lost command",
-            ));
+            )));
         }
         if let Some(buffer) = buffer {
             // A pointer comparison: another controller's IOVA could name
@@ -275,13 +353,29 @@ impl CpuHandle {
             entry.prp2 = prp.prp2;
         }
         entry.set_cid(self.inflight.cid_base + slot_index);
-        match &mut self.path {
-            SubmitPath::Direct(sq) => sq.push(&entry).map_err(|_| Error::QueueFull)?,
-            SubmitPath::Shared(ring) => ring.push(entry).map_err(|_| Error::QueueFull)?,
+        // Acquire: pairs with the watchdog's epoch bump; a stale view at
+        // worst rings a queue that no longer exists, which the controller
+        // ignores, and the command is submitted again after the reset.
+        let hold = self.waiting_for_queues
+            || self.ctx.health.epoch.load(Ordering::Acquire) != self.seen_epoch;
+        if !hold {
+            match &mut self.path {
+                SubmitPath::Direct(sq) => sq.push(&entry).map_err(|_| Error::QueueFull)?,
+                SubmitPath::Shared(ring) => ring.push(entry).map_err(|_| Error::QueueFull)?,
+            }
         }
         self.inflight.free.pop();
         slot.busy = true;
         slot.tag = tag;
+        slot.entry = entry;
+        slot.retries = 0;
+        slot.unsent = hold;
+        slot.not_before = 0;
+        if hold {
+            self.inflight.unsent += 1;
+        } else {
+            self.ctx.arm_deadline(usize::from(slot_index));
+        }
         Ok(usize::from(slot_index))
     }
 
@@ -298,32 +392,70 @@ impl CpuHandle {
     /// how many. In inline mode this reaps the handle's own CQ and rings its
     /// head doorbell once for the batch. A completion the protocol does not
     /// allow is reported as an error after the valid ones before it.
+    ///
+    /// A failed command whose status allows a retry (no Do Not Retry) is
+    /// submitted again, after the controller's Command Retry Delay, up to
+    /// the runtime's retry budget, and delivered only when it finally
+    /// succeeds or fails for good. After a controller reset this is where
+    /// the handle takes the reset in and submits its commands again; once
+    /// the device is removed, every command in flight is delivered failed
+    /// ("command aborted by host") and submissions are refused.
     pub fn poll(&mut self, mut deliver: impl FnMut(Completion)) -> Result<usize> {
-        let mut count = 0u64;
-        let outcome = match &mut self.completions {
+        if self.waiting_for_queues
+            || self.ctx.health.epoch.load(Ordering::Acquire) != self.seen_epoch
+        {
+            let count = self.recover(&mut deliver)?;
+            if count > 0 {
+                bump(&self.ctx.counters.completed, count as u64);
+                return Ok(count);
+            }
+        }
+        let count = self.reap(&mut deliver);
+        if self.inflight.unsent > 0
+            && !self.waiting_for_queues
+            && self.ctx.health.epoch.load(Ordering::Acquire) == self.seen_epoch
+        {
+            self.push_unsent();
+        }
+        if std::mem::take(&mut self.inflight.pushed_in_poll) {
+            self.ring();
+        }
+        let count = count?;
+        if count > 0 {
+            bump(&self.ctx.counters.completed, count as u64);
+        }
+        Ok(count)
+    }
+
+    /// Reaps what the completion path has: the handed ring, or the own CQ.
+    fn reap(&mut self, deliver: &mut impl FnMut(Completion)) -> Result<usize> {
+        let mut count = 0usize;
+        match &mut self.completions {
             CompletionPath::Handed(ring) => {
-                let mut outcome = Ok(());
                 while let Some(record) = ring.pop() {
-                    outcome =
-                        self.inflight
-                            .complete(self.cpu, &mut self.path, record, &mut deliver);
-                    if outcome.is_err() {
-                        break;
+                    if retire_or_retry(
+                        self.cpu,
+                        &mut self.inflight,
+                        &mut self.path,
+                        &self.ctx,
+                        record,
+                        deliver,
+                    )? {
+                        count += 1;
                     }
-                    count += 1;
                 }
-                outcome
+                Ok(count)
             }
             CompletionPath::Inline(cq) => {
                 let mut outcome = Ok(());
-                let mut consumed = false;
+                let mut consumed = 0u64;
                 // An inline pair always has its own SQ.
                 let own_sq = match &self.path {
                     SubmitPath::Direct(sq) => sq.id(),
                     SubmitPath::Shared(_) => 0,
                 };
                 while let Some(entry) = cq.pop() {
-                    consumed = true;
+                    consumed += 1;
                     if entry.sq_id != own_sq {
                         outcome = Err(DeviceError::WrongSubmissionQueue {
                             cq: cq.id(),
@@ -338,36 +470,154 @@ impl CpuHandle {
                         status: entry.status >> 1,
                         dw0: entry.dw0,
                     };
-                    outcome =
-                        self.inflight
-                            .complete(self.cpu, &mut self.path, record, &mut deliver);
-                    if outcome.is_err() {
-                        break;
+                    match retire_or_retry(
+                        self.cpu,
+                        &mut self.inflight,
+                        &mut self.path,
+                        &self.ctx,
+                        record,
+                        deliver,
+                    ) {
+                        Ok(delivered) => count += usize::from(delivered),
+                        Err(error) => {
+                            outcome = Err(error);
+                            break;
+                        }
                     }
-                    count += 1;
                 }
                 // One head doorbell for the whole batch, also after an
                 // error: the entries were consumed either way. (Deferring it
                 // over many batches, which a CQ deeper than the SQ allows,
                 // was slower on QEMU's controller: QD1 p50 55 -> 63-68 us in
                 // the VM test.)
-                if consumed {
+                if consumed > 0 {
                     cq.ring_doorbell();
+                    bump(&self.ctx.counters.reaped_inline, consumed);
                 }
-                if count > 0 {
-                    bump(&self.counters.reaped_inline, count);
-                }
-                outcome
+                outcome.map(|()| count)
             }
-        };
-        if count > 0 {
-            bump(&self.counters.completed, count);
         }
-        outcome.map(|()| count as usize)
+    }
+
+    /// Pushes the slots waiting to be sent whose retry delay has passed.
+    fn push_unsent(&mut self) {
+        let now = self.ctx.health.now_ms.load(Ordering::Relaxed);
+        for index in 0..self.inflight.slots.len() {
+            let slot = &mut self.inflight.slots[index];
+            if !slot.busy || !slot.unsent || slot.not_before > now {
+                continue;
+            }
+            let pushed = match &mut self.path {
+                SubmitPath::Direct(sq) => sq.push(&slot.entry).is_ok(),
+                SubmitPath::Shared(ring) => ring.push(slot.entry).is_ok(),
+            };
+            if !pushed {
+                break;
+            }
+            slot.unsent = false;
+            self.inflight.unsent -= 1;
+            self.inflight.pushed_in_poll = true;
+            self.ctx.arm_deadline(index);
+        }
+    }
+
+    /// Takes in a reset (or the device's end); returns the completions it
+    /// delivered.
+    fn recover(&mut self, deliver: &mut impl FnMut(Completion)) -> Result<usize> {
+        if self.ctx.health.state() != DeviceState::Alive {
+            // What it completed before it went is real; the rest fails.
+            let reaped = self.reap(deliver).unwrap_or(0);
+            return Ok(reaped + self.fail_everything(deliver));
+        }
+        let epoch = self.ctx.health.epoch.load(Ordering::Acquire);
+        if self.waiting_for_queues && epoch == self.seen_epoch {
+            if self.ctx.watch.ready.load(Ordering::Acquire) != epoch {
+                return Ok(0);
+            }
+            // Our queues exist again: everything in flight goes out anew.
+            self.waiting_for_queues = false;
+            self.push_unsent();
+            if std::mem::take(&mut self.inflight.pushed_in_poll) {
+                self.ring();
+            }
+            return Ok(0);
+        }
+        if !epoch.is_multiple_of(2) {
+            // The controller is disabled; the completion threads are
+            // draining. Submissions wait in their slots.
+            return Ok(0);
+        }
+        // The queues of the vectors are back and every completion reaped
+        // before the reset has been handed over: take those first.
+        let mut count = self.reap(deliver).unwrap_or_else(|error| {
+            tracing::warn!(cpu = self.cpu, %error, "invalid completion before a reset ignored");
+            0
+        });
+        self.seen_epoch = epoch;
+        let owns_queues = match &mut self.path {
+            SubmitPath::Direct(sq) => {
+                sq.reset();
+                true
+            }
+            SubmitPath::Shared(_) => false,
+        };
+        if let CompletionPath::Inline(cq) = &mut self.completions {
+            cq.reset();
+        }
+        if !owns_queues {
+            // A shared SQ's thread resubmits what it had sent; entries
+            // still in our ring go out after the reset as usual.
+            return Ok(count);
+        }
+        // Whatever the device had is gone: send it again, within budget.
+        for index in 0..self.inflight.slots.len() {
+            let slot = &mut self.inflight.slots[index];
+            if !slot.busy || slot.unsent {
+                continue;
+            }
+            self.ctx.disarm_deadline(index);
+            if slot.retries >= self.ctx.policy.max_retries {
+                bump(&self.ctx.counters.failed_by_host, 1);
+                deliver(self.inflight.retire(index, Err(NvmeStatus::HOST_ABORTED)));
+                count += 1;
+                continue;
+            }
+            slot.retries += 1;
+            slot.unsent = true;
+            slot.not_before = 0;
+            self.inflight.unsent += 1;
+            bump(&self.ctx.counters.resubmitted, 1);
+        }
+        self.waiting_for_queues = true;
+        // Release: our rings are reset before the watchdog creates the
+        // queues that use them.
+        self.ctx.watch.acked.store(epoch, Ordering::Release);
+        Ok(count)
+    }
+
+    /// The device is gone: every command in flight fails with "command
+    /// aborted by host" (it can no longer write any buffer).
+    fn fail_everything(&mut self, deliver: &mut impl FnMut(Completion)) -> usize {
+        self.seen_epoch = self.ctx.health.epoch.load(Ordering::Acquire);
+        self.waiting_for_queues = false;
+        self.inflight.unsent = 0;
+        let mut count = 0;
+        for index in 0..self.inflight.slots.len() {
+            if !self.inflight.slots[index].busy {
+                continue;
+            }
+            self.ctx.disarm_deadline(index);
+            bump(&self.ctx.counters.failed_by_host, 1);
+            deliver(self.inflight.retire(index, Err(NvmeStatus::HOST_ABORTED)));
+            count += 1;
+        }
+        count
     }
 
     /// Submits one command and spins until it completes (a blocking
-    /// convenience on top of submit/poll; the queue must be idle).
+    /// convenience on top of submit/poll; the queue must be idle). The
+    /// runtime's timeouts and resets apply; `timeout` bounds the wait, after
+    /// which the command stays outstanding (recovery goes on; poll for it).
     pub fn run(
         &mut self,
         command: IoCommand,
@@ -389,23 +639,82 @@ impl CpuHandle {
             if let Some(completion) = done {
                 return match completion.result {
                     Ok(dw0) => Ok((dw0, completion.buffer)),
-                    Err(status) => Err(Error::Command {
+                    Err(status) => Err(self.ctx.health.error().unwrap_or(Error::Command {
                         command: "I/O",
                         status,
-                    }),
+                    })),
                 };
             }
             if start.elapsed() > timeout {
-                self.regs.fail();
                 return Err(Error::Timeout {
                     what: "did not complete an I/O command",
                     waited: timeout,
-                    hint: "; the controller was disabled to stop its DMA",
+                    hint: "; it is still outstanding and the runtime's recovery goes on: poll() delivers it",
                 });
             }
             std::hint::spin_loop();
         }
     }
+}
+
+/// Handles one completion: a retryable failure within budget is submitted
+/// again (now, or after its Command Retry Delay); anything else retires the
+/// slot and is delivered. Returns whether something was delivered.
+fn retire_or_retry(
+    cpu: usize,
+    inflight: &mut Inflight,
+    path: &mut SubmitPath,
+    ctx: &HandleContext,
+    record: Record,
+    deliver: &mut impl FnMut(Completion),
+) -> Result<bool> {
+    let index = inflight.slot_of(cpu, record.cid)?;
+    if let SubmitPath::Direct(sq) = path {
+        if let Err(bad) = sq.update_head(record.sq_head) {
+            // The command itself completed (its id and status are sound);
+            // the ring's bookkeeping is not: a reset starts it over.
+            tracing::warn!(cpu, %bad, "impossible SQ head; resetting the controller");
+            ctx.health.request_reset();
+        }
+    }
+    let status = NvmeStatus::from_status(Status(record.status));
+    let slot = &mut inflight.slots[index];
+    if let Some(status) =
+        status.filter(|s| s.is_retryable() && slot.retries < ctx.policy.max_retries)
+    {
+        slot.retries += 1;
+        bump(&ctx.counters.retried, 1);
+        let delay = match status.crd {
+            0 => 0,
+            crd => ctx.policy.retry_delay_ms[usize::from(crd - 1)],
+        };
+        let pushed_now = delay == 0
+            && match path {
+                SubmitPath::Direct(sq) => sq.push(&slot.entry).is_ok(),
+                SubmitPath::Shared(ring) => ring.push(slot.entry).is_ok(),
+            };
+        if pushed_now {
+            inflight.pushed_in_poll = true;
+            ctx.arm_deadline(index);
+        } else {
+            slot.unsent = true;
+            slot.not_before = ctx
+                .health
+                .now_ms
+                .load(Ordering::Relaxed)
+                .saturating_add(delay);
+            ctx.disarm_deadline(index);
+            inflight.unsent += 1;
+        }
+        return Ok(false);
+    }
+    ctx.disarm_deadline(index);
+    let result = match status {
+        None => Ok(record.dw0),
+        Some(status) => Err(status),
+    };
+    deliver(inflight.retire(index, result));
+    Ok(true)
 }
 
 impl Drop for CpuHandle {

@@ -23,6 +23,7 @@ mod completion;
 pub mod handle;
 mod hotplug;
 pub mod layout;
+mod recovery;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,10 +47,12 @@ pub use completion::{VectorCounters, VectorState, POLL_PARK_AFTER, POLL_PARK_NAP
 pub use handle::{CpuCounters, CpuHandle};
 pub use hotplug::{ManualOnline, OnlineSource};
 pub use layout::{InlineQueue, QueueLayout};
+pub use recovery::{DeviceState, RecoveryCounters};
 
 use completion::{SharedSq, VectorWork};
-use handle::{CompletionPath, HandleParts, SubmitPath};
+use handle::{CompletionPath, HandleParts, RetryPolicy, SubmitPath};
 use layout::Granted;
+use recovery::{HandleWatch, Health, QueueSpec};
 
 /// How completion threads wait for work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +167,16 @@ pub struct RuntimeOptions {
     /// mode, one per housekeeping CPU in poll and hybrid modes); with a
     /// count, vector `i` is served by thread `i mod threads`.
     pub completion_threads: Option<usize>,
+    /// How long an I/O command may take before the watchdog aborts it
+    /// (the kernel's `nvme.io_timeout`, 30 s by default).
+    pub command_timeout: Duration,
+    /// How long an aborted command may stay outstanding before the
+    /// controller is reset.
+    pub abort_timeout: Duration,
+    /// Times a command is submitted again — after an error status without
+    /// Do Not Retry, or a reset that dropped it — before it fails (the
+    /// kernel's `nvme.max_retries`, 5).
+    pub max_retries: u8,
 }
 
 impl Default for RuntimeOptions {
@@ -179,6 +192,9 @@ impl Default for RuntimeOptions {
             online_source: None,
             watch_interval: Duration::from_millis(100),
             completion_threads: None,
+            command_timeout: Duration::from_secs(30),
+            abort_timeout: Duration::from_secs(1),
+            max_retries: 5,
         }
     }
 }
@@ -198,6 +214,8 @@ pub struct Runtime {
     max_transfer: usize,
     sq_ids: Vec<u16>,
     cq_ids: Vec<u16>,
+    health: Arc<Health>,
+    retry: RetryPolicy,
 }
 
 impl Runtime {
@@ -333,6 +351,11 @@ impl Runtime {
             inline_refused,
         };
         let mut cq_ids = Vec::new();
+        // What a reset re-creates: the vectors' CQs and the shared SQs (by
+        // the watchdog), each CPU's own queues (after it acknowledges).
+        let mut group_queues = Vec::new();
+        let mut shared_sq_specs = Vec::new();
+        let mut watches: BTreeMap<usize, Arc<HandleWatch>> = BTreeMap::new();
         for index in 0..nr_io_vectors {
             let vector = (index + 1) as u16;
             let home = plan.vectors[index + 1].cpus.clone();
@@ -350,6 +373,12 @@ impl Runtime {
             let irq = options.mode != CompletionMode::Poll;
             let cq = controller.create_io_cq(vector, cq_depth, irq.then_some(vector))?;
             cq_ids.push(vector);
+            group_queues.push(QueueSpec::Cq {
+                qid: vector,
+                depth: cq.depth(),
+                iova: cq.iova(),
+                vector: irq.then_some(vector),
+            });
             let state = Arc::new(VectorState {
                 vector,
                 cq: vector,
@@ -383,6 +412,18 @@ impl Runtime {
                 sq_ids.push(sq_id);
                 let (producer, consumer) = spsc::ring(depth as usize);
                 work[queue].direct.insert(sq_id, producer);
+                let watch = Arc::new(HandleWatch::new(
+                    sq_id,
+                    0,
+                    slots,
+                    vec![QueueSpec::Sq {
+                        qid: sq_id,
+                        depth: sq.depth(),
+                        iova: sq.iova(),
+                        cq: cq_id,
+                    }],
+                ));
+                watches.insert(cpu, Arc::clone(&watch));
                 parts.insert(
                     cpu,
                     HandleParts {
@@ -390,6 +431,7 @@ impl Runtime {
                         completions: CompletionPath::Handed(consumer),
                         cid_base: 0,
                         slots,
+                        watch,
                     },
                 );
                 layout.sqs.push((sq_id, cq_id, CpuSet::single(cpu)));
@@ -405,25 +447,38 @@ impl Runtime {
                     .clamp(2, info.max_queue_depth);
                 let sq = controller.create_io_sq(sq_id, hw_depth, cq_id)?;
                 sq_ids.push(sq_id);
+                shared_sq_specs.push(QueueSpec::Sq {
+                    qid: sq_id,
+                    depth: sq.depth(),
+                    iova: sq.iova(),
+                    cq: cq_id,
+                });
                 let mut shared = SharedSq {
                     sq,
                     per_cpu_slots,
                     submissions: Vec::new(),
                     completions: Vec::new(),
                     held: None,
+                    in_flight: vec![None; usize::from(per_cpu_slots) * members.len()],
+                    max_retries: options.max_retries,
                 };
                 for (local, cpu) in members.iter().enumerate() {
                     let (sub_tx, sub_rx) = spsc::ring(usize::from(per_cpu_slots));
                     let (done_tx, done_rx) = spsc::ring(usize::from(per_cpu_slots));
                     shared.submissions.push(sub_rx);
                     shared.completions.push(done_tx);
+                    let cid_base = local as u16 * per_cpu_slots;
+                    let watch =
+                        Arc::new(HandleWatch::new(sq_id, cid_base, per_cpu_slots, Vec::new()));
+                    watches.insert(cpu, Arc::clone(&watch));
                     parts.insert(
                         cpu,
                         HandleParts {
                             path: SubmitPath::Shared(sub_tx),
                             completions: CompletionPath::Handed(done_rx),
-                            cid_base: local as u16 * per_cpu_slots,
+                            cid_base,
                             slots: per_cpu_slots,
+                            watch,
                         },
                     );
                 }
@@ -441,6 +496,26 @@ impl Runtime {
             cq_ids.push(cq_id);
             let sq = controller.create_io_sq(sq_id, depth, cq_id)?;
             sq_ids.push(sq_id);
+            let watch = Arc::new(HandleWatch::new(
+                sq_id,
+                0,
+                slots,
+                vec![
+                    QueueSpec::Cq {
+                        qid: cq_id,
+                        depth: cq.depth(),
+                        iova: cq.iova(),
+                        vector: None,
+                    },
+                    QueueSpec::Sq {
+                        qid: sq_id,
+                        depth: sq.depth(),
+                        iova: sq.iova(),
+                        cq: cq_id,
+                    },
+                ],
+            ));
+            watches.insert(cpu, Arc::clone(&watch));
             parts.insert(
                 cpu,
                 HandleParts {
@@ -448,6 +523,7 @@ impl Runtime {
                     completions: CompletionPath::Inline(cq),
                     cid_base: 0,
                     slots,
+                    watch,
                 },
             );
             layout.inline.push(InlineQueue {
@@ -458,20 +534,28 @@ impl Runtime {
         }
         tracing::info!(layout = %layout, "isonvme runtime queues");
 
+        group_queues.extend(shared_sq_specs);
         let stop = Arc::new(AtomicBool::new(false));
         let regs = Arc::clone(controller.registers());
+        let health = Arc::new(Health::new());
         let mut threads = Vec::new();
+        let mut group_acks = Vec::new();
         for group in completion::group_vectors(work, options.mode, options.completion_threads) {
             if group.is_empty() {
                 continue;
             }
             let stop = Arc::clone(&stop);
             let regs = Arc::clone(&regs);
+            let health = Arc::clone(&health);
+            let ack = Arc::new(AtomicU64::new(0));
+            group_acks.push(Arc::clone(&ack));
             let mode = options.mode;
             let name = format!("isonvme-cq{}", group[0].state.vector);
             let thread = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || completion::completion_thread(group, mode, &stop, &regs))
+                .spawn(move || {
+                    completion::completion_thread(group, mode, &stop, &regs, &health, &ack)
+                })
                 .map_err(|source| crate::transport::TransportError::Io {
                     what: "starting a completion thread".into(),
                     source,
@@ -479,6 +563,35 @@ impl Runtime {
             threads.push(thread);
         }
         let controller = Arc::new(controller);
+        let crdt = controller.info().identify.crdt;
+        let retry = RetryPolicy {
+            timeout_ms: recovery::millis(options.command_timeout).max(1),
+            max_retries: options.max_retries,
+            retry_delay_ms: crdt.map(|units| u64::from(units) * 100),
+        };
+        let watchdog = recovery::Watchdog {
+            controller: Arc::clone(&controller),
+            health: Arc::clone(&health),
+            handles: watches.values().cloned().collect(),
+            group_acks,
+            group_queues,
+            kick: vectors.iter().map(|v| Arc::clone(&v.eventfd)).collect(),
+            stop: Arc::clone(&stop),
+            timing: recovery::Timing {
+                command_timeout: options.command_timeout,
+                abort_timeout: options.abort_timeout.min(options.command_timeout),
+            },
+            housekeeping: plan.housekeeping.clone(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("isonvme-watchdog".into())
+                .spawn(move || watchdog.run())
+                .map_err(|source| crate::transport::TransportError::Io {
+                    what: "starting the recovery watchdog".into(),
+                    source,
+                })?,
+        );
         let mut runtime = Runtime {
             commands: CommandBuilder {
                 namespaces: info.namespaces.clone(),
@@ -496,6 +609,8 @@ impl Runtime {
             max_transfer,
             sq_ids,
             cq_ids,
+            health,
+            retry,
         };
         let watcher = hotplug::start_watcher(hotplug::Watch {
             source: options
@@ -531,10 +646,16 @@ impl Runtime {
                     format!("CPU {cpu} is not a possible CPU of this runtime's topology")
                 })
             })?;
+        let ctx = handle::HandleContext {
+            counters: Arc::clone(&self.counters[&cpu]),
+            watch: Arc::clone(&parts.watch),
+            health: Arc::clone(&self.health),
+            policy: self.retry,
+        };
         CpuHandle::new(
             cpu,
             parts,
-            Arc::clone(&self.counters[&cpu]),
+            ctx,
             self.commands.clone(),
             self.controller.pool().clone(),
             Arc::clone(self.controller.registers()),
@@ -547,6 +668,18 @@ impl Runtime {
             Error::InvalidArgument("cannot tell which CPU this thread runs on".into())
         })?;
         self.handle(cpu)
+    }
+
+    /// What recovery has done: timeouts, aborts, resets and how long they
+    /// took.
+    pub fn recovery(&self) -> &RecoveryCounters {
+        &self.health.counters
+    }
+
+    /// Whether the device still serves I/O, was removed, or was given up
+    /// on after a reset that failed.
+    pub fn device_state(&self) -> DeviceState {
+        self.health.state()
     }
 
     /// The plan the queues follow.
@@ -593,15 +726,26 @@ impl Runtime {
     /// controller down.
     pub fn close(mut self) -> Result<()> {
         self.stop_threads();
+        if self.health.state() != DeviceState::Alive {
+            // Removed or given up on: there is no controller to tidy.
+            return Ok(());
+        }
+        // After a reset, a CPU that never polled again has no queues at the
+        // controller: deleting them fails harmlessly.
+        let reset = self.health.counters.resets.load(Ordering::Relaxed) > 0;
         let mut first_error = None;
         for &sq in &self.sq_ids {
             if let Err(error) = self.controller.delete_io_sq(sq) {
-                first_error.get_or_insert(error);
+                if !reset {
+                    first_error.get_or_insert(error);
+                }
             }
         }
         for &cq in &self.cq_ids {
             if let Err(error) = self.controller.delete_io_cq(cq) {
-                first_error.get_or_insert(error);
+                if !reset {
+                    first_error.get_or_insert(error);
+                }
             }
         }
         if let Err(error) = self.controller.shutdown() {

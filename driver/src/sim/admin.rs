@@ -46,9 +46,7 @@ impl Device {
             AdminOpcode::DeleteIoCq => self.delete_io_cq(sqe),
             AdminOpcode::CreateIoCq => self.create_io_cq(mem, sqe),
             AdminOpcode::Identify => self.identify(mem, sqe),
-            // The command to abort has always completed or is being
-            // processed: DW0 bit 0 = 1, "command not aborted".
-            AdminOpcode::Abort => Ok(1),
+            AdminOpcode::Abort => Ok(self.abort(mem, sqe)),
             AdminOpcode::SetFeatures => self.set_features(sqe),
             AdminOpcode::GetFeatures => self.get_features(sqe),
             AdminOpcode::DoorbellBufferConfig => self.doorbell_buffer_config(mem, sqe),
@@ -63,6 +61,25 @@ impl Device {
             }
         };
         Exec::from_result(result)
+    }
+
+    /// Abort: a command whose completion is still waiting (a latency or
+    /// an injected delay) completes now with "command abort requested" and
+    /// DW0 bit 0 = 0; anything else has completed, or was lost, and is not
+    /// aborted (DW0 bit 0 = 1), as controllers answer.
+    fn abort(&mut self, mem: &GuestMemory, sqe: &SubmissionEntry) -> u32 {
+        let sqid = (sqe.cdw10 & 0xFFFF) as u16;
+        let cid = (sqe.cdw10 >> 16) as u16;
+        let Some(cqe) = self.take_pending(sqid, cid) else {
+            return 1;
+        };
+        let aborted = super::device::Cqe {
+            status: StatusCode::from(GenericStatus::AbortRequested).to_status_field(false),
+            dw0: 0,
+            ..cqe
+        };
+        self.post(mem, aborted);
+        0
     }
 
     /// The live CC register (entry sizes may be set after enabling).

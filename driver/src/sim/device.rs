@@ -464,6 +464,7 @@ impl Device {
         self.io_queues_created = false;
         self.features = Features::default();
         self.next_io_slot = None;
+        self.stalled_until = None;
         for f in &mut self.irq_flagged {
             *f = false;
         }
@@ -923,7 +924,7 @@ impl Device {
                 break;
             };
             for _ in 0..ARBITRATION_BURST {
-                if !self.enabled || self.fatal || self.shut_down {
+                if !self.enabled || self.fatal || self.shut_down || self.removed {
                     return active;
                 }
                 let Some(sq) = self.sqs[usize::from(qid)].as_mut() else {
@@ -1073,6 +1074,19 @@ impl Device {
         let start = self.next_io_slot.map_or(now, |slot| slot.max(now));
         self.next_io_slot = Some(start + interval);
         (start - now) + latency
+    }
+
+    /// Takes the waiting completion of command `cid` of SQ `sqid` (Abort).
+    pub(crate) fn take_pending(&mut self, sqid: u16, cid: u16) -> Option<Cqe> {
+        let mut found = None;
+        self.pending.retain(|Reverse(due)| {
+            let hit = found.is_none() && due.cqe.sqid == sqid && due.cqe.cid == cid;
+            if hit {
+                found = Some(due.cqe);
+            }
+            !hit
+        });
+        found
     }
 
     pub(crate) fn complete_at(&mut self, at: Instant, cqe: Cqe) {
