@@ -181,6 +181,10 @@ pub struct JobOptions {
     /// isonvme `shadow_doorbells=`: use Doorbell Buffer Config where the
     /// controller supports it (default on).
     pub shadow_doorbells: bool,
+    /// isonvme `command_timeout=`: how long a command may take before the
+    /// runtime aborts it and, failing that, resets the controller
+    /// (default 30 s, as the kernel's `nvme.io_timeout`).
+    pub command_timeout: Option<Duration>,
     /// io_uring `hipri`: polled completions (IORING_SETUP_IOPOLL; the
     /// kernel needs poll queues, `nvme.poll_queues=`).
     pub hipri: bool,
@@ -220,6 +224,7 @@ impl Default for JobOptions {
             completion: CompletionMode::Interrupt,
             inline: InlineCpus::None,
             shadow_doorbells: true,
+            command_timeout: None,
             hipri: false,
             isolated: None,
             housekeeping: None,
@@ -404,6 +409,12 @@ pub const OPTIONS: &[OptionSpec] = &[
         aliases: &[],
         flag: false,
         help: "isonvme: shadow doorbells (Doorbell Buffer Config) where the controller supports them (default 1)",
+    },
+    OptionSpec {
+        name: "command_timeout",
+        aliases: &[],
+        flag: false,
+        help: "isonvme: time a command may take before it is aborted, then the controller reset (default 30s)",
     },
     OptionSpec {
         name: "hipri",
@@ -775,6 +786,13 @@ impl JobOptions {
                 })?;
             }
             "shadow_doorbells" => self.shadow_doorbells = boolean(value)?,
+            "command_timeout" => {
+                let timeout = time(value)?;
+                if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(3600) {
+                    return Err(bad(name, value, "a time from 1ms to 3600s, such as 100ms"));
+                }
+                self.command_timeout = Some(timeout);
+            }
             "hipri" => self.hipri = boolean(value)?,
             "isolated" => {
                 self.isolated = Some(if value == "none" || value.is_empty() {
@@ -861,7 +879,12 @@ impl JobOptions {
                         engine.name()
                     )));
                 }
-                for isonvme_only in ["completion", "inline_cpus", "shadow_doorbells"] {
+                for isonvme_only in [
+                    "completion",
+                    "inline_cpus",
+                    "shadow_doorbells",
+                    "command_timeout",
+                ] {
                     if given(isonvme_only) {
                         return Err(OptionError(format!(
                             "job `{}`: {isonvme_only}= applies to ioengine=isonvme only",

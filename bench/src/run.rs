@@ -307,6 +307,9 @@ fn open_device(
             inline: first.inline.clone(),
             depth,
             max_transfer: max_bs as usize,
+            command_timeout: first
+                .command_timeout
+                .unwrap_or(RuntimeOptions::default().command_timeout),
             ..RuntimeOptions::default()
         },
     )
@@ -1106,6 +1109,9 @@ pub fn execute(config: &Config, overrides: &[RawOption]) -> Result<Outcome, RunE
             }
         }
         activity.completion_counted = true;
+        if let Some(recovery) = recovery_note(&device.runtime) {
+            notes.push(format!("{}: {recovery}", report_entry.filename));
+        }
         if let Err(error) = device.runtime.close() {
             notes.push(format!("{}: closing: {error}", report_entry.filename));
         }
@@ -1306,4 +1312,55 @@ mod tests {
             "Jobs: 1 (f=1): [r(1)][45.0%][r=1234MiB/s][r=316k IOPS][eta 00m:05s]"
         );
     }
+}
+
+/// What the runtime's recovery did during the run, when it did anything:
+/// timeouts, aborts, resets and their duration, retries, commands failed.
+fn recovery_note(runtime: &Runtime) -> Option<String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let recovery = runtime.recovery();
+    let (mut retried, mut resubmitted, mut failed) = (0, 0, 0);
+    for cpu in runtime
+        .plan()
+        .housekeeping
+        .union(&runtime.plan().isolated)
+        .iter()
+    {
+        if let Some(counters) = runtime.cpu_counters(cpu) {
+            retried += counters.retried.load(Relaxed);
+            resubmitted += counters.resubmitted.load(Relaxed);
+            failed += counters.failed_by_host.load(Relaxed);
+        }
+    }
+    let timeouts = recovery.timeouts.load(Relaxed);
+    let resets = recovery.resets.load(Relaxed);
+    let fatal = recovery.fatal_status.load(Relaxed);
+    if timeouts + resets + retried + failed + fatal == 0
+        && runtime.device_state() == isonvme::runtime::DeviceState::Alive
+    {
+        return None;
+    }
+    let mut text = format!(
+        "recovery: {timeouts} commands timed out, {} aborts sent ({} done), {fatal} fatal statuses, {resets} controller resets",
+        recovery.aborts_sent.load(Relaxed),
+        recovery.aborts_done.load(Relaxed),
+    );
+    if resets > 0 {
+        text.push_str(&format!(
+            " (last {:.1} ms, longest {:.1} ms)",
+            recovery.last_reset_micros.load(Relaxed) as f64 / 1000.0,
+            recovery.max_reset_micros.load(Relaxed) as f64 / 1000.0
+        ));
+    }
+    text.push_str(&format!(
+        ", {retried} commands retried after an error status, {resubmitted} resubmitted after a reset, {failed} failed by the driver"
+    ));
+    match runtime.device_state() {
+        isonvme::runtime::DeviceState::Alive => {}
+        isonvme::runtime::DeviceState::Removed => text.push_str("; the device was removed"),
+        isonvme::runtime::DeviceState::Failed => {
+            text.push_str("; a reset did not bring the controller back")
+        }
+    }
+    Some(text)
 }
