@@ -1285,35 +1285,6 @@ fn progress_line(
     line
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn progress_line_reads_like_fio() {
-        let lives = [Live::default()];
-        lives[0]
-            .state
-            .store(State::Running as u8, std::sync::atomic::Ordering::Relaxed);
-        let line = progress_line(
-            &lives,
-            &[JobSummary {
-                rw: Rw::RandRead,
-                total: Some(Duration::from_secs(10)),
-                time_based: true,
-                region: 1 << 30,
-            }],
-            Duration::from_millis(4500),
-            [1234.0 * 1048576.0, 0.0],
-            [316_000.0, 0.0],
-        );
-        assert_eq!(
-            line,
-            "Jobs: 1 (f=1): [r(1)][45.0%][r=1234MiB/s][r=316k IOPS][eta 00m:05s]"
-        );
-    }
-}
-
 /// What the runtime's recovery did during the run, when it did anything:
 /// timeouts, aborts, resets and their duration, retries, commands failed.
 fn recovery_note(runtime: &Runtime) -> Option<String> {
@@ -1363,4 +1334,33 @@ fn recovery_note(runtime: &Runtime) -> Option<String> {
         }
     }
     Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_reads_like_fio() {
+        let lives = [Live::default()];
+        lives[0]
+            .state
+            .store(State::Running as u8, std::sync::atomic::Ordering::Relaxed);
+        let line = progress_line(
+            &lives,
+            &[JobSummary {
+                rw: Rw::RandRead,
+                total: Some(Duration::from_secs(10)),
+                time_based: true,
+                region: 1 << 30,
+            }],
+            Duration::from_millis(4500),
+            [1234.0 * 1048576.0, 0.0],
+            [316_000.0, 0.0],
+        );
+        assert_eq!(
+            line,
+            "Jobs: 1 (f=1): [r(1)][45.0%][r=1234MiB/s][r=316k IOPS][eta 00m:05s]"
+        );
+    }
 }

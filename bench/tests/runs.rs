@@ -397,3 +397,56 @@ fn a_run_sharing_its_cpu_with_a_busy_thread_is_reported_as_disturbed() {
         .expect("a job thread sharing its CPU with a spinning thread is disturbed");
     assert!(disturbed.contains("had its CPU for only"), "{disturbed}");
 }
+
+#[test]
+fn injected_faults_are_recovered_and_every_block_verifies() {
+    for (fault, what) in [
+        ("drop@40", "1 controller resets"),
+        ("fatal@40", "1 fatal statuses, 1 controller resets"),
+        ("status:0/6@40", "1 commands retried after an error status"),
+    ] {
+        let outcome = common::run(&[
+            "--name=faulty",
+            "--ioengine=isonvme",
+            &format!("--filename=sim,size=16M,fault={fault}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=8",
+            "--size=1M",
+            "--verify=crc32c",
+            "--command_timeout=100ms",
+        ]);
+        let job = only_job(&outcome);
+        let verify = job.verify.as_ref().unwrap();
+        assert_eq!(verify.checked, 256, "{fault}");
+        assert_eq!(verify.errors, 0, "{fault}: {:?}", verify.messages);
+        assert!(
+            outcome
+                .notes
+                .iter()
+                .any(|note| note.contains("recovery:") && note.contains(what)),
+            "{fault}: {:?}",
+            outcome.notes
+        );
+    }
+    // A device that goes away ends the job with a clear error, no hang.
+    let outcome = common::run(&[
+        "--name=removed",
+        "--ioengine=isonvme",
+        "--filename=sim,size=16M,fault=remove@40",
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=8",
+        "--size=1M",
+    ]);
+    let error = outcome.jobs[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("command aborted by host"), "{error}");
+    assert!(
+        outcome
+            .notes
+            .iter()
+            .any(|n| n.contains("the device was removed")),
+        "{:?}",
+        outcome.notes
+    );
+}
