@@ -1112,6 +1112,15 @@ pub fn execute(config: &Config, overrides: &[RawOption]) -> Result<Outcome, RunE
         if let Some(recovery) = recovery_note(&device.runtime) {
             notes.push(format!("{}: {recovery}", report_entry.filename));
         }
+        let events = device.runtime.async_events();
+        if !events.is_empty() {
+            let events: Vec<String> = events.iter().map(ToString::to_string).collect();
+            notes.push(format!(
+                "{}: asynchronous events from the controller: {}",
+                report_entry.filename,
+                events.join("; ")
+            ));
+        }
         if let Err(error) = device.runtime.close() {
             notes.push(format!("{}: closing: {error}", report_entry.filename));
         }

@@ -429,6 +429,22 @@ fn injected_faults_are_recovered_and_every_block_verifies() {
             outcome.notes
         );
     }
+    // Asynchronous events are reported.
+    let outcome = common::run(&[
+        "--name=events",
+        "--ioengine=isonvme",
+        "--filename=sim,size=16M,fault=event:health@40",
+        "--rw=randread",
+        "--bs=4k",
+        "--size=1M",
+    ]);
+    assert!(
+        outcome.notes.iter().any(|n| n.contains(
+            "asynchronous events from the controller: health: NVM subsystem reliability degraded"
+        )),
+        "{:?}",
+        outcome.notes
+    );
     // A device that goes away ends the job with a clear error, no hang.
     let outcome = common::run(&[
         "--name=removed",

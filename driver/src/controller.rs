@@ -16,6 +16,7 @@ use zerocopy::FromBytes;
 
 use crate::dma::{DmaBuffer, DmaPool, PAGE_SIZE};
 use crate::error::{DeviceError, Error, Result};
+use crate::events::AsyncEvent;
 use crate::mmio::Mmio;
 use crate::nvme::command::{num_queues_from_dw0, IdentifyCns, QueuePriority, SubmissionEntry};
 use crate::nvme::completion::CompletionEntry;
@@ -110,6 +111,54 @@ struct AdminQueue {
     next_cid: u16,
     /// One page for Identify data and other admin payloads.
     scratch: DmaBuffer,
+    /// Per Asynchronous Event Request slot (command id
+    /// `AER_CID_BASE + slot`): whether it is outstanding.
+    aer_armed: Vec<bool>,
+    /// Dword 0 of AERs that completed, waiting for `service_events`.
+    aer_done: Vec<u32>,
+    /// The controller refused an AER: stop sending them.
+    aer_refused: bool,
+}
+
+/// Command ids of Asynchronous Event Requests, above any id the admin
+/// queue's own commands use (they cycle below its depth, at most 4096).
+const AER_CID_BASE: u16 = 0xFFF0;
+
+/// Asynchronous Event Requests kept outstanding (at most AERL + 1).
+const MAX_AERS: usize = 4;
+
+impl AdminQueue {
+    /// Takes an AER's completion; `false` when `entry` is not one.
+    fn take_aer(&mut self, entry: &CompletionEntry) -> bool {
+        let Some(slot) = entry
+            .cid
+            .checked_sub(AER_CID_BASE)
+            .map(usize::from)
+            .filter(|&slot| slot < self.aer_armed.len() && self.aer_armed[slot])
+        else {
+            return false;
+        };
+        self.aer_armed[slot] = false;
+        match entry.result() {
+            Ok(()) => self.aer_done.push(entry.dw0),
+            Err(status) => {
+                // Aborted by a reset or shutdown: armed again after it.
+                // Anything else (Asynchronous Event Request Limit
+                // Exceeded): stop asking.
+                if !matches!(
+                    status.code,
+                    crate::nvme::StatusCode::Generic(
+                        crate::nvme::GenericStatus::AbortedSqDeletion
+                            | crate::nvme::GenericStatus::AbortRequested
+                    )
+                ) {
+                    tracing::warn!(%status, "the controller refused an Asynchronous Event Request; events will not be reported");
+                    self.aer_refused = true;
+                }
+            }
+        }
+        true
+    }
 }
 
 /// Register access plus the knowledge needed to stop the controller, shared
@@ -211,6 +260,8 @@ pub struct Controller {
     stride: usize,
     closed: AtomicBool,
     shadow: Option<Arc<ShadowBuffers>>,
+    /// Asynchronous events reported and not yet taken.
+    events: Mutex<Vec<AsyncEvent>>,
 }
 
 impl Controller {
@@ -289,6 +340,9 @@ impl Controller {
             cq,
             next_cid: 0,
             scratch: pool.alloc(PAGE_SIZE)?,
+            aer_armed: Vec::new(),
+            aer_done: Vec::new(),
+            aer_refused: false,
         };
         let placeholder = ControllerInfo {
             name: transport.name().to_string(),
@@ -313,6 +367,7 @@ impl Controller {
             stride,
             closed: AtomicBool::new(false),
             shadow: None,
+            events: Mutex::new(Vec::new()),
         };
         controller.identify()?;
         if controller.options.shadow_doorbells
@@ -320,7 +375,89 @@ impl Controller {
         {
             controller.configure_shadow_doorbells();
         }
+        let aers = (usize::from(controller.info.identify.aerl) + 1).min(MAX_AERS);
+        controller.admin().aer_armed = vec![false; aers];
+        controller.arm_async_events();
         Ok(controller)
+    }
+
+    /// Sends an Asynchronous Event Request for every slot that has none
+    /// outstanding (they complete only when an event happens).
+    fn arm_async_events(&self) {
+        let mut admin = self.admin();
+        if admin.aer_refused {
+            return;
+        }
+        let mut sent = false;
+        for slot in 0..admin.aer_armed.len() {
+            if admin.aer_armed[slot] {
+                continue;
+            }
+            let mut request = SubmissionEntry::async_event_request();
+            request.set_cid(AER_CID_BASE + slot as u16);
+            if admin.sq.push(&request).is_err() {
+                break;
+            }
+            admin.aer_armed[slot] = true;
+            sent = true;
+        }
+        if sent {
+            admin.sq.ring_doorbell();
+        }
+    }
+
+    /// Looks for completed Asynchronous Event Requests: reads the log page
+    /// each names (clearing the event at the controller), records the
+    /// event for [`Controller::take_events`] and sends a new request.
+    /// Returns how many events were recorded. The isolation runtime calls
+    /// this from its watchdog; without the runtime, call it now and then.
+    pub fn service_events(&self) -> Result<usize> {
+        self.regs.check()?;
+        let raw = {
+            let mut admin = self.admin();
+            let mut consumed = false;
+            while let Some(entry) = admin.cq.pop() {
+                consumed = true;
+                let _ = admin.sq.update_head(entry.sq_head);
+                if !admin.take_aer(&entry) {
+                    tracing::warn!(
+                        cid = entry.cid,
+                        "admin completion for no outstanding command ignored"
+                    );
+                }
+            }
+            if consumed {
+                admin.cq.ring_doorbell();
+            }
+            std::mem::take(&mut admin.aer_done)
+        };
+        if raw.is_empty() {
+            return Ok(0);
+        }
+        let scratch = self.admin().scratch.iova();
+        for &dw0 in &raw {
+            let event = AsyncEvent::from_dw0(dw0);
+            // Reading the log (RAE clear) is what re-enables this event
+            // type at the controller.
+            if let Err(error) = self.admin_command(
+                "Get Log Page (asynchronous event)",
+                SubmissionEntry::get_log_page(event.log_page, 128, false, scratch),
+            ) {
+                tracing::warn!(%event, %error, "reading the log page of an asynchronous event failed");
+            }
+            tracing::warn!(%event, "asynchronous event");
+            self.events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(event);
+        }
+        self.arm_async_events();
+        Ok(raw.len())
+    }
+
+    /// The asynchronous events reported since the last call, oldest first.
+    pub fn take_events(&self) -> Vec<AsyncEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn identify(&mut self) -> Result<()> {
@@ -460,6 +597,11 @@ impl Controller {
         loop {
             if let Some(entry) = admin.cq.pop() {
                 admin.cq.ring_doorbell();
+                if entry.sq_id == 0 && entry.cid != cid && admin.take_aer(&entry) {
+                    // An event arrived while this command waits.
+                    let _ = admin.sq.update_head(entry.sq_head);
+                    continue;
+                }
                 if entry.sq_id != 0 {
                     tracing::warn!(sq = entry.sq_id, "admin completion names a non-admin SQ");
                     return Err(DeviceError::WrongSubmissionQueue {
@@ -646,6 +788,8 @@ impl Controller {
         admin.sq.reset();
         admin.cq.reset();
         admin.next_cid = 0;
+        // The reset dropped every outstanding request.
+        admin.aer_armed.fill(false);
         if let Some(shadow) = &self.shadow {
             shadow.clear();
         }
@@ -682,6 +826,7 @@ impl Controller {
                 SubmissionEntry::doorbell_buffer_config(doorbells, event_indexes),
             )?;
         }
+        self.arm_async_events();
         Ok(())
     }
 

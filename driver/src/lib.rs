@@ -10,6 +10,7 @@ pub mod controller;
 pub mod device;
 pub mod dma;
 pub mod error;
+pub mod events;
 pub mod io;
 pub mod irq;
 pub mod mmio;
@@ -25,5 +26,6 @@ pub mod vfio;
 
 pub use controller::{Controller, ControllerInfo, ControllerOptions, Namespace};
 pub use error::{DeviceError, Error, Result};
+pub use events::{AsyncEvent, AsyncEventType};
 pub use io::{Completion, IoCommand, IoQueuePair, Rejected};
 pub use isonvme_mapping as mapping;

@@ -12,7 +12,7 @@ use isonvme::runtime::{
     CompletionMode, CpuHandle, DeviceState, InlineCpus, Runtime, RuntimeOptions,
 };
 use isonvme::sim::SimController;
-use isonvme::{Controller, ControllerOptions, Error, IoCommand};
+use isonvme::{AsyncEvent, Controller, ControllerOptions, Error, IoCommand};
 
 fn set(list: &str) -> CpuSet {
     list.parse().unwrap()
@@ -347,6 +347,38 @@ fn a_command_that_keeps_timing_out_fails_when_its_retry_budget_is_spent() {
         .run(write, Some(buffer), Duration::from_secs(20))
         .unwrap();
     assert_eq!(runtime.device_state(), DeviceState::Alive);
+    drop(handle);
+    runtime.close().unwrap();
+}
+
+#[test]
+fn asynchronous_events_are_reported_and_the_requests_rearmed() {
+    let _serial = serial();
+    let runtime = start(
+        "sim,size=1M,fault=event:ns-changed@3+event:health@10+event:firmware@20+event:health@30+event:ns-changed@40",
+        modes().remove(0).1,
+    );
+    let mut handle = runtime.handle(2).unwrap();
+    let outcome = write_all(&mut handle);
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    let mut events = Vec::new();
+    let start = Instant::now();
+    while events.len() < 5 && start.elapsed() < Duration::from_secs(5) {
+        events.extend(runtime.async_events());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // In order, each once; five events through four outstanding requests
+    // (AERL + 1) prove the requests are sent again.
+    assert_eq!(
+        events,
+        [
+            AsyncEvent::NAMESPACE_CHANGED,
+            AsyncEvent::HEALTH_RELIABILITY,
+            AsyncEvent::FIRMWARE_ACTIVATION,
+            AsyncEvent::HEALTH_RELIABILITY,
+            AsyncEvent::NAMESPACE_CHANGED,
+        ]
+    );
     drop(handle);
     runtime.close().unwrap();
 }

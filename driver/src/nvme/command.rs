@@ -242,6 +242,21 @@ impl SubmissionEntry {
         }
     }
 
+    /// Get Log Page (admin 0x02): `dwords` dwords (at most one 4 KiB page
+    /// here) of log `lid` into `prp1`; `retain` keeps an asynchronous event
+    /// outstanding (RAE), otherwise reading the log clears it.
+    #[must_use]
+    pub const fn get_log_page(lid: u8, dwords: u32, retain: bool, prp1: u64) -> Self {
+        let numd = dwords.saturating_sub(1);
+        Self {
+            nsid: 0xFFFF_FFFF,
+            prp1,
+            cdw10: lid as u32 | (retain as u32) << 15 | (numd & 0xFFFF) << 16,
+            cdw11: numd >> 16,
+            ..Self::with_opcode(AdminOpcode::GetLogPage as u8)
+        }
+    }
+
     /// Asynchronous Event Request (admin 0x0C): completes when the
     /// controller has an event to report (dword 0: type, info, log page).
     #[must_use]

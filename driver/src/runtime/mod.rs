@@ -676,6 +676,13 @@ impl Runtime {
         &self.health.counters
     }
 
+    /// The asynchronous events the controller reported since the last
+    /// call (namespace changed, health warnings, firmware activation),
+    /// oldest first; the watchdog services the requests.
+    pub fn async_events(&self) -> Vec<crate::events::AsyncEvent> {
+        self.controller.take_events()
+    }
+
     /// Whether the device still serves I/O, was removed, or was given up
     /// on after a reset that failed.
     pub fn device_state(&self) -> DeviceState {

@@ -23,6 +23,9 @@
 //!    budget is spent). Handles stay valid; no buffer is handed back while
 //!    the device may still write it.
 //!
+//! The watchdog also services Asynchronous Event Requests
+//! ([`crate::events`]): the events land in [`crate::Controller::take_events`].
+//!
 //! All-ones register reads mean the device is gone: every command in flight
 //! fails at once with "command aborted by host" and later calls say the
 //! device was removed.
@@ -319,6 +322,9 @@ impl Watchdog {
                 continue;
             }
             self.serve_acknowledgements();
+            if let Err(error) = self.controller.service_events() {
+                tracing::debug!(%error, "asynchronous events not serviced");
+            }
             if tick.is_multiple_of(SCAN_EVERY_TICKS) && self.scan(now, &mut aborted) {
                 self.reset(start, "a command stayed outstanding after its Abort");
                 aborted.clear();

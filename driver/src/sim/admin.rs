@@ -54,7 +54,7 @@ impl Device {
                 if self.aers.len() > usize::from(AERL) {
                     Err(specific(CommandSpecificStatus::AsyncEventLimitExceeded))
                 } else {
-                    // Held until an event occurs; this model raises none.
+                    // Held until an event occurs (`fault=event:...`).
                     self.aers.push(sqe.cid);
                     return Exec::Held;
                 }
@@ -460,6 +460,13 @@ impl Device {
                 let n = version.len().min(8);
                 log[8..16].fill(b' ');
                 log[8..8 + n].copy_from_slice(&version[..n]);
+                log
+            }
+            // Changed Namespace List: namespace 1 (the simulator raises
+            // the event without changing anything).
+            0x04 => {
+                let mut log = vec![0u8; 4096];
+                log[..4].copy_from_slice(&1u32.to_le_bytes());
                 log
             }
             _ => return Err(specific(CommandSpecificStatus::InvalidLogPage)),

@@ -204,6 +204,9 @@ pub(crate) struct Device {
     pub(crate) features: Features,
     /// Held Asynchronous Event Requests (CIDs).
     pub(crate) aers: Vec<u16>,
+    /// Asynchronous events raised (`fault=event:...`) and not yet reported
+    /// (dword 0 of the AER completion): posted as AERs arrive.
+    events: Vec<u32>,
     /// Doorbell Buffer Config: the shadow doorbell and EventIdx buffers.
     pub(crate) dbbuf: Option<(u64, u64)>,
     /// I/O commands fetched since the thread started (for `fault=`).
@@ -257,6 +260,7 @@ impl Device {
             io_queues_created: false,
             features: Features::default(),
             aers: Vec::new(),
+            events: Vec::new(),
             dbbuf: None,
             io_fetched: 0,
             stalled_until: None,
@@ -310,6 +314,7 @@ impl Device {
         fence(Ordering::Acquire);
         active |= self.post_due(&mem, now);
         active |= self.post_spurious(&mem);
+        active |= self.post_events(&mem);
         active |= self.fetch_and_execute(&mem, now);
         self.signal_interrupts();
         active
@@ -787,6 +792,28 @@ impl Device {
         active
     }
 
+    /// Completes a waiting Asynchronous Event Request per raised event.
+    fn post_events(&mut self, mem: &GuestMemory) -> bool {
+        let mut active = false;
+        while !self.events.is_empty() && !self.aers.is_empty() {
+            let dw0 = self.events.remove(0);
+            let cid = self.aers.remove(0);
+            self.post(
+                mem,
+                Cqe {
+                    cqid: 0,
+                    sqid: 0,
+                    cid,
+                    dw0,
+                    status: 0,
+                    sq_head: None,
+                },
+            );
+            active = true;
+        }
+        active
+    }
+
     fn post_spurious(&mut self, mem: &GuestMemory) -> bool {
         let mut active = false;
         while let Some(spurious) = self.shared.faults.take_spurious() {
@@ -998,6 +1025,7 @@ impl Device {
                     self.stalled_until = Some(now + by);
                     extra_delay += by;
                 }
+                IoFaultKind::Event(event) => self.events.push(event.to_dw0()),
             }
         }
         let exec = match (planned_status, self.shared.faults.on_command(admin)) {

@@ -12,6 +12,7 @@
 //! | `remove` | surprise removal: every register reads all-ones, no more DMA |
 //! | `sqhead` | posts its completion with an SQ head the host never submitted up to |
 //! | `stall:DUR` | stops fetching for `DUR`; the command completes after the stall |
+//! | `event:NAME` | runs it normally and raises an asynchronous event: `ns-changed` (namespace attribute changed), `firmware` (firmware activation starting), `health` (SMART: reliability degraded) |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -44,6 +45,9 @@ pub enum IoFaultKind {
     SqHead,
     /// The controller stops fetching for this long.
     Stall(Duration),
+    /// The controller raises this asynchronous event (the command runs
+    /// normally).
+    Event(crate::events::AsyncEvent),
 }
 
 /// The faults of a device string: per I/O command number, what happens.
@@ -108,6 +112,20 @@ impl FaultPlan {
                 ("sqhead", None) => IoFaultKind::SqHead,
                 ("delay", argument) => IoFaultKind::Delay(duration(argument)?),
                 ("stall", argument) => IoFaultKind::Stall(duration(argument)?),
+                ("event", Some("ns-changed")) => {
+                    IoFaultKind::Event(crate::events::AsyncEvent::NAMESPACE_CHANGED)
+                }
+                ("event", Some("firmware")) => {
+                    IoFaultKind::Event(crate::events::AsyncEvent::FIRMWARE_ACTIVATION)
+                }
+                ("event", Some("health")) => {
+                    IoFaultKind::Event(crate::events::AsyncEvent::HEALTH_RELIABILITY)
+                }
+                ("event", _) => {
+                    return Err(bad(
+                        "event:ns-changed, event:firmware or event:health (e.g. event:ns-changed@5)",
+                    ))
+                }
                 ("status", Some(argument)) => {
                     let mut fields = argument.split(':');
                     let code = fields.next().unwrap_or_default();
@@ -129,7 +147,7 @@ impl FaultPlan {
                 }
                 _ => {
                     return Err(bad(
-                        "drop, delay:DUR, status:SCT/SC[:dnr], fatal, remove, sqhead or stall:DUR, then @N",
+                        "drop, delay:DUR, status:SCT/SC[:dnr], fatal, remove, sqhead, stall:DUR or event:NAME, then @N",
                     ))
                 }
             };
@@ -168,6 +186,14 @@ impl fmt::Display for FaultPlan {
                     IoFaultKind::Status { sct, sc, dnr } => {
                         write!(f, "status:{sct}/{sc}{}@{n}", if *dnr { ":dnr" } else { "" })?
                     }
+                    IoFaultKind::Event(event) => {
+                        let name = match *event {
+                            crate::events::AsyncEvent::NAMESPACE_CHANGED => "ns-changed",
+                            crate::events::AsyncEvent::FIRMWARE_ACTIVATION => "firmware",
+                            _ => "health",
+                        };
+                        write!(f, "event:{name}@{n}")?
+                    }
                 }
             }
         }
@@ -181,7 +207,7 @@ mod tests {
 
     #[test]
     fn every_kind_parses_and_prints_back() {
-        let text = "drop@1+delay:10ms@2+status:0/6:dnr@3+status:2/0x81@3+fatal@4+remove@5+sqhead@6+stall:1s@7";
+        let text = "drop@1+delay:10ms@2+status:0/6:dnr@3+status:2/0x81@3+fatal@4+remove@5+sqhead@6+stall:1s@7+event:ns-changed@8+event:firmware@9+event:health@10";
         let plan = FaultPlan::parse(text).unwrap();
         assert_eq!(plan.at(1), &[IoFaultKind::Drop]);
         assert_eq!(plan.at(2), &[IoFaultKind::Delay(Duration::from_millis(10))]);
@@ -201,7 +227,19 @@ mod tests {
             ]
         );
         assert_eq!(plan.at(7), &[IoFaultKind::Stall(Duration::from_secs(1))]);
-        assert!(plan.at(8).is_empty());
+        assert_eq!(
+            plan.at(8),
+            &[IoFaultKind::Event(
+                crate::events::AsyncEvent::NAMESPACE_CHANGED
+            )]
+        );
+        assert_eq!(
+            plan.at(10),
+            &[IoFaultKind::Event(
+                crate::events::AsyncEvent::HEALTH_RELIABILITY
+            )]
+        );
+        assert!(plan.at(11).is_empty());
         assert_eq!(FaultPlan::parse(&plan.to_string()).unwrap(), plan);
     }
 
