@@ -635,7 +635,9 @@ impl CpuHandle {
         let start = Instant::now();
         loop {
             let mut done = None;
-            self.poll(|completion| done = Some(completion))?;
+            // A protocol error after our completion in the same batch must
+            // not lose the completion (and its buffer).
+            let polled = self.poll(|completion| done = Some(completion));
             if let Some(completion) = done {
                 return match completion.result {
                     Ok(dw0) => Ok((dw0, completion.buffer)),
@@ -645,6 +647,7 @@ impl CpuHandle {
                     })),
                 };
             }
+            polled?;
             if start.elapsed() > timeout {
                 return Err(Error::Timeout {
                     what: "did not complete an I/O command",
