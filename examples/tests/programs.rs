@@ -85,6 +85,61 @@ fn journal_refuses_to_append_past_a_damaged_page_unless_salvaging() {
     );
 }
 
+/// The superblock's durable mark (log pages flushed), and a way to set it
+/// (resealing the CRC) as a process that died before writing it would have
+/// left it.
+fn durable_mark(image: &[u8]) -> u64 {
+    u64::from_le_bytes(image[28..36].try_into().unwrap())
+}
+
+fn set_durable_mark(image: &mut [u8], pages: u64) {
+    image[28..36].copy_from_slice(&pages.to_le_bytes());
+    image[36..40].fill(0);
+    let crc = crc32c::crc32c(&image[..4096]);
+    image[36..40].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[test]
+fn journal_tells_damage_to_flushed_records_from_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("journal.img");
+    let device = file_device(&image);
+    // 1007 records: 32 full pages and a last page of 15 (every 100th record
+    // pads its page: 31 + 31 + 31 + 7 per 100), flushed at exit.
+    let made = journal(&device, &["--records", "1007"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let mut bytes = std::fs::read(&image).unwrap();
+    let last = durable_mark(&bytes);
+    assert!(
+        last > 30,
+        "the exit's Flush marks every page durable: {last}"
+    );
+
+    // Damage inside the last page, which was reported durable: refused (it
+    // used to be taken for a torn tail, dropping 7 flushed records).
+    bytes[last as usize * 4096 + 300] ^= 0xff;
+    std::fs::write(&image, &bytes).unwrap();
+    let refused = journal(&device, &["--records", "10"]);
+    assert!(!refused.status.success());
+    let message = stderr(&refused);
+    assert!(
+        message.contains(&format!("journal page {last}")),
+        "{message}"
+    );
+    assert!(message.contains("marks pages 1..="), "{message}");
+    assert!(message.contains("--salvage"), "{message}");
+    assert_eq!(std::fs::read(&image).unwrap(), bytes, "nothing overwritten");
+
+    // The same damage past the mark (the process died before its last
+    // mark reached the media): a torn tail, appended after.
+    set_durable_mark(&mut bytes, last - 1);
+    std::fs::write(&image, &bytes).unwrap();
+    let resumed = journal(&device, &["--records", "10"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let text = stdout(&resumed);
+    assert!(text.contains(&format!(" in {} pages", last - 1)), "{text}");
+}
+
 #[test]
 fn journal_will_not_replace_a_journal_made_with_other_parameters() {
     let dir = tempfile::tempdir().unwrap();

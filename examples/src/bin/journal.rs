@@ -15,7 +15,10 @@
 //! larger) inside `[--start-lba, --start-lba + pages)`:
 //! - page 0, the superblock: magic, epoch (a new one for every `--reset`,
 //!   so pages of an older journal are never mistaken for this one's),
-//!   record size, region size, CRC-32C;
+//!   record size, region size, the durable mark (log pages known flushed),
+//!   CRC-32C. It is rewritten (one block: atomic, NVMe's AWUPF is at least
+//!   one block) after every Flush completes, with the mark the Flush just
+//!   earned; the next Flush, or the final one at exit, makes it durable;
 //! - pages 1.., the log: a header (magic, epoch, page sequence number,
 //!   sequence number of its first record, record count, record size,
 //!   CRC-32C of the whole page) followed by whole records. A page is never
@@ -25,8 +28,12 @@
 //!
 //! Recovery reads pages in order and stops at the first one that is not
 //! the next valid page of this journal (wrong magic or epoch, bad CRC, a
-//! sequence that does not follow): that is the tail, and appending resumes
-//! there.
+//! sequence that does not follow). At or after the durable mark that is a
+//! torn tail (records never reported durable, or the last flush's when the
+//! process died before its mark reached the media), and appending resumes
+//! there. Before the mark it is damage to records that were reported
+//! durable: refused without `--salvage`, like a damaged page with intact
+//! pages after it.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -38,7 +45,9 @@ use isonvme::runtime::{CpuHandle, Runtime, RuntimeOptions};
 use isonvme::{ControllerOptions, IoCommand};
 use isonvme_examples::{parse_mode, pin_to, prepare_host, report_where, Completions, Result};
 
-const SUPER_MAGIC: [u8; 8] = *b"ISOJSUP1";
+const SUPER_MAGIC: [u8; 8] = *b"ISOJSUP2";
+/// The superblock of the format before the durable mark.
+const OLD_SUPER_MAGIC: [u8; 8] = *b"ISOJSUP1";
 const PAGE_MAGIC: [u8; 8] = *b"ISOJPAG1";
 /// Bytes of a page header; records follow it.
 const HEADER_BYTES: usize = 40;
@@ -259,6 +268,8 @@ impl Geometry {
 /// What recovery found.
 struct Recovered {
     epoch: u64,
+    /// Log pages the superblock says were flushed.
+    durable_pages: u64,
     /// Log pages of this journal (the next page to write is `pages + 1`).
     pages: u64,
     /// Records in them (the next record's sequence number).
@@ -289,6 +300,7 @@ fn write_journal(runtime: &Runtime, args: &Args, geometry: &Geometry, cpu: usize
         }
     }
     writer.make_durable()?;
+    writer.seal_mark()?;
     let elapsed = start.elapsed();
     let stats = writer.finish();
     let bytes = args.records * args.record_size as u64;
@@ -306,7 +318,12 @@ fn write_journal(runtime: &Runtime, args: &Args, geometry: &Geometry, cpu: usize
     print_latencies("write command (submit to completion)", &stats.writes);
     print_latencies("make durable (pad, write, Flush)", &stats.flushes);
 
-    let reread = recover(&mut handle, geometry, recovered.epoch)?;
+    let reread = recover(
+        &mut handle,
+        geometry,
+        recovered.epoch,
+        recovered.durable_pages,
+    )?;
     let expected = recovered.records + args.records;
     if reread.records != expected {
         return Err(format!(
@@ -331,9 +348,13 @@ fn open_journal(handle: &mut CpuHandle, args: &Args, geometry: &Geometry) -> Res
         None
     } else {
         match parse_superblock(page.as_slice(), geometry) {
-            Ok(epoch) => Some(epoch),
+            Ok(found) => Some(found),
             // Never overwrite a journal made with other parameters.
-            Err(why) if page.as_slice()[0..8] == SUPER_MAGIC && sealed(page.as_slice()) => {
+            Err(why)
+                if (page.as_slice()[0..8] == SUPER_MAGIC
+                    || page.as_slice()[0..8] == OLD_SUPER_MAGIC)
+                    && sealed(page.as_slice()) =>
+            {
                 return Err(
                     format!("a journal exists at LBA {}, but {why}", geometry.start_lba).into(),
                 );
@@ -347,10 +368,16 @@ fn open_journal(handle: &mut CpuHandle, args: &Args, geometry: &Geometry) -> Res
             }
         }
     };
-    if let Some(epoch) = existing {
+    if let Some((epoch, durable_pages)) = existing {
         let start = Instant::now();
-        let recovered = recover(handle, geometry, epoch)?;
+        let mut recovered = recover(handle, geometry, epoch, durable_pages)?;
+        check_durable(geometry, &recovered, args.salvage)?;
         check_tail(handle, geometry, &recovered, args.salvage)?;
+        if recovered.durable_pages > recovered.pages {
+            // Salvaged: the mark comes back to what is there.
+            recovered.durable_pages = recovered.pages;
+            write_superblock(handle, geometry, &recovered)?;
+        }
         println!(
             "recovered journal epoch {epoch:#x}: {} records in {} pages, verified in {:.3} s \
              (CRC, sequence numbers and contents); appending from record {}",
@@ -368,14 +395,33 @@ fn open_journal(handle: &mut CpuHandle, args: &Args, geometry: &Geometry) -> Res
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos() as u64)
             << 32);
-    let bytes = page.as_mut_slice();
-    bytes.fill(0);
-    bytes[0..8].copy_from_slice(&SUPER_MAGIC);
-    bytes[8..16].copy_from_slice(&epoch.to_le_bytes());
-    bytes[16..20].copy_from_slice(&(geometry.record_size as u32).to_le_bytes());
-    bytes[20..28].copy_from_slice(&geometry.pages.to_le_bytes());
-    seal(bytes);
-    let (_, page) = handle.run(
+    drop(page);
+    let recovered = Recovered {
+        epoch,
+        durable_pages: 0,
+        pages: 0,
+        records: 0,
+    };
+    write_superblock(handle, geometry, &recovered)?;
+    println!("new journal epoch {epoch:#x} written and flushed");
+    Ok(recovered)
+}
+
+/// Writes the superblock with `recovered`'s epoch and durable mark, and
+/// flushes it.
+fn write_superblock(
+    handle: &mut CpuHandle,
+    geometry: &Geometry,
+    recovered: &Recovered,
+) -> Result<()> {
+    let mut page = handle.pool().alloc(geometry.page_size)?;
+    fill_superblock(
+        page.as_mut_slice(),
+        geometry,
+        recovered.epoch,
+        recovered.durable_pages,
+    );
+    handle.run(
         IoCommand::Write {
             nsid: geometry.nsid,
             lba: geometry.lba(0),
@@ -384,7 +430,6 @@ fn open_journal(handle: &mut CpuHandle, args: &Args, geometry: &Geometry) -> Res
         Some(page),
         geometry.timeout,
     )?;
-    drop(page);
     handle.run(
         IoCommand::Flush {
             nsid: geometry.nsid,
@@ -392,16 +437,48 @@ fn open_journal(handle: &mut CpuHandle, args: &Args, geometry: &Geometry) -> Res
         None,
         geometry.timeout,
     )?;
-    println!("new journal epoch {epoch:#x} written and flushed");
-    Ok(Recovered {
-        epoch,
-        pages: 0,
-        records: 0,
-    })
+    Ok(())
 }
 
-/// The superblock's epoch, or why the page is not this journal's superblock.
-fn parse_superblock(bytes: &[u8], geometry: &Geometry) -> std::result::Result<u64, String> {
+fn fill_superblock(bytes: &mut [u8], geometry: &Geometry, epoch: u64, durable_pages: u64) {
+    bytes.fill(0);
+    bytes[0..8].copy_from_slice(&SUPER_MAGIC);
+    bytes[8..16].copy_from_slice(&epoch.to_le_bytes());
+    bytes[16..20].copy_from_slice(&(geometry.record_size as u32).to_le_bytes());
+    bytes[20..28].copy_from_slice(&geometry.pages.to_le_bytes());
+    bytes[28..36].copy_from_slice(&durable_pages.to_le_bytes());
+    seal(bytes);
+}
+
+/// Refuses a log that ends before its durable mark: records reported
+/// durable are damaged or gone, and appending would overwrite the rest.
+fn check_durable(geometry: &Geometry, recovered: &Recovered, salvage: bool) -> Result<()> {
+    if recovered.pages >= recovered.durable_pages {
+        return Ok(());
+    }
+    let damaged = 1 + recovered.pages;
+    if salvage {
+        println!(
+            "--salvage: journal page {damaged} is damaged although it was flushed (the superblock marks pages 1..={} durable); keeping the {} records before it and overwriting from there",
+            recovered.durable_pages, recovered.records
+        );
+        return Ok(());
+    }
+    Err(format!(
+        "journal page {damaged} (LBA {}) is damaged, but the superblock marks pages 1..={} as flushed: records          reported durable were lost to media damage, not to a torn write. Appending would overwrite what          follows. Copy the region away if it matters, then rerun with --salvage to keep the {} records before          the damaged page",
+        geometry.lba(damaged),
+        recovered.durable_pages,
+        recovered.records
+    )
+    .into())
+}
+
+/// The superblock's epoch and durable mark, or why the page is not this
+/// journal's superblock.
+fn parse_superblock(bytes: &[u8], geometry: &Geometry) -> std::result::Result<(u64, u64), String> {
+    if bytes[0..8] == OLD_SUPER_MAGIC && sealed(bytes) {
+        return Err("it is in the format before the durable mark: --reset to replace it".into());
+    }
     if bytes[0..8] != SUPER_MAGIC {
         return Err("no superblock magic".into());
     }
@@ -415,11 +492,19 @@ fn parse_superblock(bytes: &[u8], geometry: &Geometry) -> std::result::Result<u6
             "it was made with --record-size {record_size} --pages {pages}; give those, or --reset to replace it"
         ));
     }
-    Ok(u64::from_le_bytes(field(bytes, 8)))
+    Ok((
+        u64::from_le_bytes(field(bytes, 8)),
+        u64::from_le_bytes(field(bytes, 28)),
+    ))
 }
 
 /// Reads the log from the start and verifies every page until the tail.
-fn recover(handle: &mut CpuHandle, geometry: &Geometry, epoch: u64) -> Result<Recovered> {
+fn recover(
+    handle: &mut CpuHandle,
+    geometry: &Geometry,
+    epoch: u64,
+    durable_pages: u64,
+) -> Result<Recovered> {
     let chunk_pages = geometry
         .max_pages_per_command
         .min(64)
@@ -428,6 +513,7 @@ fn recover(handle: &mut CpuHandle, geometry: &Geometry, epoch: u64) -> Result<Re
     let mut buffer = handle.pool().alloc(chunk_pages * geometry.page_size)?;
     let mut recovered = Recovered {
         epoch,
+        durable_pages,
         pages: 0,
         records: 0,
     };
@@ -597,6 +683,8 @@ struct Writer<'a> {
     handle: &'a mut CpuHandle,
     geometry: &'a Geometry,
     epoch: u64,
+    /// The superblock, rewritten with the durable mark after each Flush.
+    superblock: Option<DmaBuffer>,
     /// Buffers not in flight; the last one is being filled.
     idle: Vec<DmaBuffer>,
     /// Submission time of each batch in flight, by tag.
@@ -625,10 +713,12 @@ impl<'a> Writer<'a> {
             .map(|_| handle.pool().alloc(batch_pages * geometry.page_size))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3);
+        let superblock = Some(handle.pool().alloc(geometry.page_size)?);
         Ok(Writer {
             handle,
             geometry,
             epoch: recovered.epoch,
+            superblock,
             idle,
             in_flight: vec![None; depth],
             batch_pages,
@@ -656,6 +746,7 @@ impl<'a> Writer<'a> {
             if 1 + self.next_page >= self.geometry.pages {
                 // What was appended before stays durable.
                 self.make_durable()?;
+                self.seal_mark()?;
                 return Err(format!(
                     "the journal is full at {} records ({} pages): rerun with --reset, or a larger --pages",
                     self.next_record, self.next_page
@@ -809,6 +900,44 @@ impl<'a> Writer<'a> {
             .map_err(|e| format!("flushing the journal: {e}"))?;
         let nanos = start.elapsed().as_nanos() as u64;
         self.stats.flushes.saturating_record(nanos.max(1));
+        // The mark this Flush earned; durable with the next Flush.
+        let mut superblock = self
+            .superblock
+            .take()
+            .ok_or("the superblock buffer was lost")?;
+        fill_superblock(
+            superblock.as_mut_slice(),
+            self.geometry,
+            self.epoch,
+            self.next_page,
+        );
+        let (_, back) = self
+            .handle
+            .run(
+                IoCommand::Write {
+                    nsid: self.geometry.nsid,
+                    lba: self.geometry.lba(0),
+                    blocks: self.geometry.blocks_per_page,
+                },
+                Some(superblock),
+                self.geometry.timeout,
+            )
+            .map_err(|e| format!("writing the journal's durable mark: {e}"))?;
+        self.superblock = back;
+        Ok(())
+    }
+
+    /// The end of the run: makes the last durable mark durable too.
+    fn seal_mark(&mut self) -> Result<()> {
+        self.handle
+            .run(
+                IoCommand::Flush {
+                    nsid: self.geometry.nsid,
+                },
+                None,
+                self.geometry.timeout,
+            )
+            .map_err(|e| format!("flushing the journal's durable mark: {e}"))?;
         Ok(())
     }
 
