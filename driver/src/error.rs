@@ -61,7 +61,7 @@ pub enum Error {
     #[error("the submission queue is full: poll completions before submitting more")]
     QueueFull,
     /// The device is gone: its registers read all-ones.
-    #[error("the device is gone (its registers read all-ones: surprise removal or a dead PCIe link); every command in flight was failed; reopen it once it is back")]
+    #[error("the device is gone (hot-unplugged, or its registers read all-ones: surprise removal or a dead PCIe link); every command in flight was failed; close the runtime and the controller so the host can finish the removal, and reopen it once it is back")]
     DeviceRemoved,
     /// The controller was closed or failed earlier.
     #[error("the controller is no longer usable: {0}")]

@@ -74,6 +74,13 @@ pub trait Transport: DmaMapper {
         vector: u16,
         cpus: &CpuSet,
     ) -> Result<AffinityOutcome, TransportError>;
+
+    /// An eventfd the host signals when it wants the device back (VFIO's
+    /// device request: a hot-unplug is waiting for this process to let go).
+    /// `None` where the back-end has no such notice.
+    fn removal_notice(&self) -> Option<Arc<EventFd>> {
+        None
+    }
 }
 
 /// What became of a request to steer a vector.

@@ -382,3 +382,55 @@ fn asynchronous_events_are_reported_and_the_requests_rearmed() {
     drop(handle);
     runtime.close().unwrap();
 }
+
+#[test]
+fn a_hot_unplug_request_stops_the_controller_and_fails_what_is_in_flight() {
+    let _serial = serial();
+    // Reads take 20 ms, so the request finds commands in flight.
+    let sim = SimController::open("sim,size=1M,latency=20ms").unwrap();
+    let controller = Controller::open(sim.clone(), ControllerOptions::default()).unwrap();
+    let runtime = Runtime::open(controller, modes().remove(0).1).unwrap();
+    let mut handle = runtime.handle(2).unwrap();
+    for lba in 0..4 {
+        let buffer = handle.pool().alloc(4096).unwrap();
+        let read = IoCommand::Read {
+            nsid: 1,
+            lba,
+            blocks: 1,
+        };
+        handle.submit(read, Some(buffer), lba).unwrap();
+    }
+    handle.ring();
+    sim.request_removal();
+    let mut failed = Vec::new();
+    let start = Instant::now();
+    while handle.outstanding() > 0 {
+        handle
+            .poll(|completion| {
+                assert!(completion.buffer.is_some(), "buffers come back");
+                failed.push(completion.result.unwrap_err());
+            })
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5), "hung");
+    }
+    assert_eq!(failed, [NvmeStatus::HOST_ABORTED; 4]);
+    assert_eq!(runtime.device_state(), DeviceState::Removed);
+    // The controller was stopped before the buffers came back.
+    let cc =
+        isonvme::transport::Transport::registers(&*sim).read32(isonvme::nvme::regs::offset::CC);
+    assert_eq!(cc & 1, 0, "CC.EN is 0");
+    let buffer = handle.pool().alloc(4096).unwrap();
+    let read = IoCommand::Read {
+        nsid: 1,
+        lba: 0,
+        blocks: 1,
+    };
+    let rejected = handle.submit(read, Some(buffer), 0).unwrap_err();
+    assert!(
+        matches!(rejected.error, Error::DeviceRemoved),
+        "{}",
+        rejected.error
+    );
+    drop(handle);
+    runtime.close().unwrap();
+}

@@ -297,3 +297,24 @@ fn a_closed_output_pipe_ends_latency_quietly() {
         output.status
     );
 }
+
+#[test]
+fn latency_reports_a_device_that_goes_away_and_lets_it_go() {
+    let output = run(
+        env!("CARGO_BIN_EXE_latency"),
+        &[
+            "--device",
+            "sim,size=16M,fault=remove@300",
+            "--warmup",
+            "10",
+            "--ios",
+            "1000",
+        ],
+    );
+    assert!(!output.status.success());
+    let out = stdout(&output);
+    assert!(out.contains("stopped after"), "{out}");
+    let err = stderr(&output);
+    assert!(err.contains("the device went away during the run"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

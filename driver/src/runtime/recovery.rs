@@ -279,6 +279,7 @@ pub(crate) struct Watchdog {
 impl Watchdog {
     /// The thread body.
     pub fn run(self) {
+        let removal_notice = self.controller.transport().removal_notice();
         if let Err(error) =
             os::pin_current_thread(&self.housekeeping.intersection(&os::runnable_cpus()))
         {
@@ -297,6 +298,17 @@ impl Watchdog {
             self.health.now_ms.store(now, Ordering::Release);
             let regs = self.controller.registers();
             if regs.failed.load(Ordering::Acquire) || self.health.state() != DeviceState::Alive {
+                continue;
+            }
+            if removal_notice
+                .as_ref()
+                .is_some_and(|notice| notice.read().is_ok())
+            {
+                // A hot-unplug waits for us: stop the controller's DMA while
+                // it is still there, then let go as for a removal.
+                tracing::error!("the host asks for the device back (hot-unplug)");
+                let _ = regs.disable();
+                self.removed(start);
                 continue;
             }
             let csts = regs.csts();
@@ -511,7 +523,7 @@ impl Watchdog {
 
     fn removed(&self, start: Instant) {
         tracing::error!(
-            "the device is gone (registers read all-ones); failing every command in flight"
+            "the device is gone (hot-unplug, or registers reading all-ones); failing every command in flight"
         );
         // Completions it posted before it went are real: hand them over
         // before the rest fail.

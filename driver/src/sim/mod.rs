@@ -148,6 +148,9 @@ pub(crate) struct Shared {
     /// Where the host was told to deliver each vector (IRQ affinity).
     vector_affinity: std::sync::Mutex<std::collections::BTreeMap<u16, CpuSet>>,
     stop: AtomicBool,
+    /// Signalled by [`SimController::request_removal`], as VFIO's device
+    /// request is by a hot-unplug.
+    removal: Arc<EventFd>,
 }
 
 impl Shared {
@@ -181,6 +184,12 @@ impl Shared {
         }
         let shared = Arc::new(Shared {
             stats: SimStats::new(options.vectors),
+            removal: Arc::new(
+                EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(|e| SimError::Io {
+                    what: "creating the removal notice eventfd".to_owned(),
+                    source: e,
+                })?,
+            ),
             bar: mmio.clone(),
             iommu: IovaMap::new(),
             vectors: RwLock::new(Vec::new()),
@@ -206,6 +215,13 @@ pub struct SimController {
 }
 
 impl SimController {
+    /// Asks the driver to give the device up, as the host does through
+    /// VFIO's device request when the device is being hot-unplugged (the
+    /// device itself keeps working until then).
+    pub fn request_removal(&self) {
+        let _ = self.shared.removal.write(1);
+    }
+
     /// Creates the controller and starts its device thread. The controller
     /// starts disabled (CC.EN = 0), as after a power-on reset.
     pub fn new(options: SimOptions) -> Result<Arc<SimController>, SimError> {
@@ -272,6 +288,10 @@ impl Transport for SimController {
 
     fn max_vectors(&self) -> u16 {
         self.shared.options.vectors
+    }
+
+    fn removal_notice(&self) -> Option<Arc<EventFd>> {
+        Some(Arc::clone(&self.shared.removal))
     }
 
     fn enable_vectors(&self, count: u16) -> Result<Vec<Arc<EventFd>>, TransportError> {

@@ -94,6 +94,8 @@ pub(crate) fn queues_covered(len: u64, stride: u64) -> u64 {
 pub(crate) struct BarMapping {
     base: NonNull<u8>,
     len: usize,
+    /// A SIGBUS on the mapping reads all-ones instead of killing us.
+    guard: Option<super::sigbus::Guard>,
 }
 
 // SAFETY: the mapping is plain device memory; the pointer is only used to
@@ -131,7 +133,8 @@ impl BarMapping {
         }
         let base = NonNull::new(base.cast::<u8>())
             .ok_or_else(|| std::io::Error::other("mmap returned a null mapping"))?;
-        Ok(BarMapping { base, len })
+        let guard = Some(super::sigbus::guard(base.as_ptr(), len));
+        Ok(BarMapping { base, len, guard })
     }
 
     /// The first byte of the mapping.
@@ -147,6 +150,8 @@ impl BarMapping {
 
 impl Drop for BarMapping {
     fn drop(&mut self) {
+        // Unguarded first: the handler must not remap it once it is gone.
+        drop(self.guard.take());
         // SAFETY: `base`/`len` are exactly the mapping `map` created, and
         // nothing can use it any more: every `Mmio` holds this owner alive.
         let result = unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };

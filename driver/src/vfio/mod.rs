@@ -100,6 +100,7 @@ mod iova;
 mod noiommu;
 mod pagemap;
 mod raw;
+mod sigbus;
 mod sysfs;
 
 use std::fs::File;
@@ -112,7 +113,7 @@ use std::sync::{Arc, Mutex, Once};
 use isonvme_mapping::CpuSet;
 use vfio_bindings::bindings::vfio::{
     VFIO_BASE, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_TYPE,
+    VFIO_PCI_REQ_IRQ_INDEX, VFIO_TYPE,
 };
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps, VfioRegionInfoCap};
 use vm_memory::{GuestAddress, GuestRegionMmap};
@@ -310,6 +311,19 @@ impl Access {
         }
     }
 
+    /// Asks VFIO to signal `fd` when the host wants the device back (the
+    /// device request a hot-unplug sends before it waits for us).
+    fn enable_device_request(&self, fd: &EventFd) -> Result<(), String> {
+        match self.device() {
+            DeviceRef::Vfio(device) => device
+                .enable_irq(VFIO_PCI_REQ_IRQ_INDEX, vec![fd])
+                .map_err(|e| e.to_string()),
+            DeviceRef::Raw(device) => device
+                .set_irqs(VFIO_PCI_REQ_IRQ_INDEX, &[fd])
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     fn disable_msix(&self) -> Result<(), String> {
         match self.device() {
             DeviceRef::Vfio(device) => device.disable_msix().map_err(|e| e.to_string()),
@@ -438,6 +452,8 @@ pub struct VfioController {
     registers: Mmio,
     dma: Mutex<DmaState>,
     vectors: Mutex<Vec<Arc<EventFd>>>,
+    /// Signalled by VFIO's device request (a hot-unplug waiting for us).
+    removal: Option<Arc<EventFd>>,
     // Field order is drop order: the duplicate device fd closes before
     // the device (so vfio-ioctls can release the group), the device before
     // the container (inside `access`).
@@ -631,7 +647,18 @@ impl VfioController {
             numa_node = ?function.numa_node,
             "opened through VFIO"
         );
+        let removal = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)
+            .ok()
+            .map(Arc::new)
+            .filter(|fd| match access.enable_device_request(fd) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::debug!(%bdf, %error, "no VFIO device request notice: a hot-unplug will wait for the process to exit");
+                    false
+                }
+            });
         Ok(Arc::new(VfioController {
+            removal,
             bdf,
             group,
             function,
@@ -807,6 +834,10 @@ impl Transport for VfioController {
 
     fn max_vectors(&self) -> u16 {
         self.max_vectors
+    }
+
+    fn removal_notice(&self) -> Option<Arc<EventFd>> {
+        self.removal.clone()
     }
 
     fn enable_vectors(&self, count: u16) -> Result<Vec<Arc<EventFd>>, TransportError> {

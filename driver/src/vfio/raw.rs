@@ -125,8 +125,14 @@ impl RawDevice {
     /// Enables MSI-X vectors `0..fds.len()`, each signalling its eventfd,
     /// in one `VFIO_DEVICE_SET_IRQS`; with no fds, disables MSI-X.
     pub(crate) fn set_msix(&self, fds: &[&EventFd]) -> io::Result<()> {
+        self.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, fds)
+    }
+
+    /// Points IRQ index `index`'s interrupts `0..fds.len()` at the eventfds
+    /// (`VFIO_DEVICE_SET_IRQS`); with no fds, turns the index off.
+    pub(crate) fn set_irqs(&self, index: u32, fds: &[&EventFd]) -> io::Result<()> {
         let buffer = irq_set_buffer(
-            VFIO_PCI_MSIX_IRQ_INDEX,
+            index,
             &fds.iter().map(|fd| fd.as_raw_fd()).collect::<Vec<_>>(),
         )?;
         // SAFETY: the device fd is valid; the kernel reads `argsz` bytes

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use isonvme::runtime::{CpuHandle, Runtime, RuntimeOptions};
+use isonvme::runtime::{CpuHandle, DeviceState, Runtime, RuntimeOptions};
 use isonvme::{ControllerOptions, IoCommand};
 use isonvme_examples::{
     host_interrupts, or_none, parse_mode, parse_switch, parse_time, pin_to, prepare_host,
@@ -147,12 +147,18 @@ fn run(args: Args) -> Result<()> {
         timeout,
     );
     let report = measured.map(|latencies| {
-        print_latency(&latencies);
+        if !latencies.histogram.is_empty() {
+            print_latency(&latencies);
+        }
         report_where(&runtime, &choice);
         report_host_interrupts(&name, interrupts_before, &runtime.plan().isolated);
+        latencies.removed
     });
+    // Closing lets the host finish a hot-unplug that waits for us.
     let closed = runtime.close();
-    report?;
+    if let Some(why) = report? {
+        return Err(format!("the device went away during the run ({why}); it was let go").into());
+    }
     closed.map_err(|e| format!("closing the runtime: {e}"))?;
     Ok(())
 }
@@ -163,6 +169,8 @@ struct Latencies {
     min: u64,
     max: u64,
     elapsed: Duration,
+    /// The run stopped early: the device went away (why).
+    removed: Option<String>,
 }
 
 fn measure(
@@ -199,6 +207,7 @@ fn measure(
     let start = Instant::now();
     let deadline = args.time.map(|time| start + time);
     let mut done = 0u64;
+    let mut removed = None;
     loop {
         match deadline {
             Some(deadline) => {
@@ -213,14 +222,25 @@ fn measure(
             }
         }
         let lba = random.below(units) * u64::from(blocks_per_io);
-        let nanos = read_one(&mut handle, &mut buffer, nsid, lba, blocks_per_io, timeout)?;
+        let nanos = match read_one(&mut handle, &mut buffer, nsid, lba, blocks_per_io, timeout) {
+            Ok(nanos) => nanos,
+            Err(error) if handle.device_state() != DeviceState::Alive => {
+                // Hot-unplugged or gone: report what was measured, then let
+                // the device go (closing the runtime and the controller is
+                // what lets the host finish the removal).
+                println!("stopped after {done} reads: {error}");
+                removed = Some(error.to_string());
+                break;
+            }
+            Err(error) => return Err(error),
+        };
         histogram.saturating_record(nanos.max(1));
         min = min.min(nanos);
         max = max.max(nanos);
         done += 1;
     }
     let elapsed = start.elapsed();
-    if done == 0 {
+    if done == 0 && removed.is_none() {
         return Err("no read was measured (give --ios or --time larger)".into());
     }
     Ok(Latencies {
@@ -228,6 +248,7 @@ fn measure(
         min,
         max,
         elapsed,
+        removed,
     })
 }
 
