@@ -300,3 +300,51 @@ measure_shadow() {
     done
     return 0
 }
+
+# Hot-unplug during I/O: `latency` reads from NVMe function $1 (behind a
+# PCIe root port, bound to vfio-pci) when the host removes it with QEMU's
+# device_del (run.sh's unplug_on_request, asked through the console). The
+# kernel's removal sends VFIO's device request; isonvme must stop the
+# controller, fail what is in flight, report it and let the device go, so
+# that the removal completes. Passes when latency says so, exits non-zero
+# without a panic or a hang, and the function is gone afterwards.
+hot_unplug() {
+    bdf=$1
+    [ -e "/sys/bus/pci/devices/$bdf" ] || { echo "$bdf: no such PCI function"; return 1; }
+    latency --device "$bdf" --warmup 10 --time 300s > /tmp/unplug.out 2>&1 &
+    pid=$!
+    sleep 3
+    kill -0 "$pid" 2>/dev/null || { cat /tmp/unplug.out; echo "latency ended before the unplug"; return 1; }
+    asked=$(cut -d' ' -f1 /proc/uptime)
+    echo "VMTEST_UNPLUG_NOW $bdf" > /dev/console
+    waited=0
+    while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt 120 ]; do
+        sleep 1
+        waited=$((waited + 1))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        cat /tmp/unplug.out
+        echo "latency still runs 120 s after the unplug was asked for: hung"
+        kill -9 "$pid"
+        return 1
+    fi
+    wait "$pid"
+    status=$?
+    ended=$(cut -d' ' -f1 /proc/uptime)
+    cat /tmp/unplug.out
+    bad=0
+    [ "$status" -ne 0 ] || { echo "latency exited 0: the removal went unnoticed"; bad=1; }
+    grep -q 'the device went away during the run' /tmp/unplug.out ||
+        { echo "latency did not report the removal"; bad=1; }
+    if grep -q panicked /tmp/unplug.out; then echo "latency panicked"; bad=1; fi
+    gone=0
+    for _ in $(seq 30); do
+        [ -e "/sys/bus/pci/devices/$bdf" ] || { gone=1; break; }
+        sleep 1
+    done
+    [ "$gone" = 1 ] || { echo "$bdf is still there 30 s after latency let go"; bad=1; }
+    echo "hot-unplug: asked at ${asked} s, latency exited with status $status at ${ended} s" \
+        "($(awk -v a="$asked" -v b="$ended" 'BEGIN { printf "%.1f", b - a }') s later, the guest's hotplug delay included);" \
+        "$bdf gone: $gone"
+    return $bad
+}

@@ -59,6 +59,8 @@ BDF=0000:00:04.0                            # the controller under test (addr=04
 SERIAL=isonvme-vm-0
 KBDF=0000:00:05.0                           # its twin for the kernel's nvme driver (addr=05.0)
 KSERIAL=isonvme-vm-1
+HBDF=0000:01:00.0                           # the hot-unplugged one, behind a PCIe root port (intel guest)
+HSERIAL=isonvme-vm-2
 
 log() { printf '\n==> %s\n' "$*"; }
 die() { printf 'vmtest: %s\n' "$*" >&2; exit 1; }
@@ -112,6 +114,7 @@ refuse-iommufd  expect_fail 'has no VFIO cdev' identify --device $BDF,iommufd
 vmtest          isonvme-vmtest all --device $BDF --namespaces 1,2 --expect-serial $SERIAL --cpus $SMP --isolated $ISOLATED --io-vectors 2
 bench-qd1       bench_qd1 $BDF $KBDF $BENCH_CPU $BENCH_RUNTIME
 bench-polled    bench_polled $BDF $KBDF $BENCH_RUNTIME
+hot-unplug      hot_unplug $HBDF
 "
 CHECKS=${VMTEST_CHECKS:-$DEFAULT_CHECKS}
 # The no-IOMMU guest: the controller sits in a VFIO no-IOMMU group; isonvme
@@ -474,10 +477,38 @@ initramfs() {
     else
         printf '%s\n' "$CHECKS" > "$stage/vmtest/checks"
     fi
-    printf 'CHECK_TIMEOUT=%s\nSHELL_AFTER=%s\nVFIO_DEVICES=%s\n' "$CHECK_TIMEOUT" "$SHELL_AFTER" "$BDF" \
+    local vfio_devices=$BDF
+    [ "$mode" = none ] || vfio_devices="$BDF $HBDF"
+    printf 'CHECK_TIMEOUT=%s\nSHELL_AFTER=%s\nVFIO_DEVICES="%s"\n' "$CHECK_TIMEOUT" "$SHELL_AFTER" "$vfio_devices" \
         > "$stage/vmtest/config"
     (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) > "$initrd"
     echo "initramfs: ${initrd#"$ROOT"/} ($(du -h "$initrd" | cut -f1))"
+}
+
+###############################################################################
+# The host's half of the hot-unplug check: when the guest prints
+# VMTEST_UNPLUG_NOW on its console ($1), removes QEMU device nvme2 through
+# the QMP socket $2, as an operator's device_del would.
+unplug_on_request() {
+    local console=$1 socket=$2
+    until grep -aq 'VMTEST_UNPLUG_NOW' "$console" 2>/dev/null; do sleep 0.5; done
+    echo "vmtest: host: device_del nvme2 (the guest asked)"
+    python3 - "$socket" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+json.loads(f.readline())  # the greeting
+for command in ({"execute": "qmp_capabilities"},
+                {"execute": "device_del", "arguments": {"id": "nvme2"}}):
+    f.write(json.dumps(command) + "\n")
+    f.flush()
+    while True:
+        reply = json.loads(f.readline())
+        if "return" in reply or "error" in reply:
+            print("vmtest: host: qmp", command["execute"], json.dumps(reply))
+            break
+PY
 }
 
 ###############################################################################
@@ -485,7 +516,8 @@ initramfs() {
 # records its status in GUEST_RESULT and guest_status.
 guest() {
     local mode=$1 run console exitlog results cmdline qemu_status f
-    local -a iommu_args console_args qemu
+    local -a iommu_args console_args qemu hotplug_args
+    local watcher=
     if [ "$mode" = none ]; then
         run=$WORK/run-noiommu
         # No IOMMU device; vfio's unsafe mode (applied by /init at insmod).
@@ -497,6 +529,19 @@ guest() {
         iommu_args=(-device intel-iommu,intremap=on)
         cmdline="console=ttyS0 intel_iommu=on"
     fi
+    # The third controller, for the hot-unplug check: behind a PCIe root
+    # port (the root bus has no hotplug), removed with device_del on QEMU's
+    # QMP socket when the guest asks (unplug_on_request).
+    hotplug_args=()
+    if [ "$mode" != none ]; then
+        hotplug_args=(
+            -device pcie-root-port,id=rp1,bus=pcie.0,addr=06.0,chassis=1,slot=1
+            -drive "file=$run/nvme2n1.img,if=none,id=nvme2n1,format=raw"
+            -device "nvme,id=nvme2,bus=rp1,serial=$HSERIAL,max_ioqpairs=$IOQPAIRS,msix_qsize=$MSIX"
+            -device nvme-ns,bus=nvme2,drive=nvme2n1,nsid=1
+            -qmp "unix:$run/qmp.sock,server=on,wait=off"
+        )
+    fi
     console=$run/console.log
     exitlog=$run/exit.log
     results=$run/results
@@ -506,6 +551,8 @@ guest() {
     # The twin's are the same sizes: the comparison runs on equal devices.
     truncate -s 64M "$run/nvme0n1.img" "$run/nvme1n1.img"
     truncate -s 32M "$run/nvme0n2.img" "$run/nvme1n2.img"
+    truncate -s 16M "$run/nvme2n1.img"
+    rm -f "$run/qmp.sock"
     # nvme.poll_queues: the kernel-driven twin gets a poll queue, so
     # io_uring's polled I/O (fio's hipri) has one to use.
     cmdline+=" isolcpus=$ISOLCPUS_FLAGS,$ISOLATED hugepages=64 nvme.poll_queues=1 panic=-1 $APPEND_EXTRA"
@@ -537,10 +584,15 @@ guest() {
         -device "nvme,id=nvme1,addr=05.0,serial=$KSERIAL,max_ioqpairs=$IOQPAIRS,msix_qsize=$MSIX"
         -device nvme-ns,bus=nvme1,drive=nvme1n1,nsid=1
         -device nvme-ns,bus=nvme1,drive=nvme1n2,nsid=2
+        "${hotplug_args[@]}"
     )
     printf '%q ' "${qemu[@]}" > "$run/qemu-command"
     echo >> "$run/qemu-command"
     echo "console: ${console#"$ROOT"/} (command in ${run#"$ROOT"/}/qemu-command)"
+    if [ "$mode" != none ]; then
+        unplug_on_request "$console" "$run/qmp.sock" &
+        watcher=$!
+    fi
     set +e
     if [ "$SHELL_AFTER" = 1 ]; then
         "${qemu[@]}"
@@ -550,6 +602,10 @@ guest() {
         qemu_status=${PIPESTATUS[0]}
     fi
     set -e
+    if [ -n "$watcher" ]; then
+        kill "$watcher" 2>/dev/null || true
+        wait "$watcher" 2>/dev/null || true
+    fi
     end_phase
 
     # Result files the checks left (bench JSON...), sent by /init between
