@@ -114,6 +114,7 @@ refuse-iommufd  expect_fail 'has no VFIO cdev' identify --device $BDF,iommufd
 vmtest          isonvme-vmtest all --device $BDF --namespaces 1,2 --expect-serial $SERIAL --cpus $SMP --isolated $ISOLATED --io-vectors 2
 bench-qd1       bench_qd1 $BDF $KBDF $BENCH_CPU $BENCH_RUNTIME
 bench-polled    bench_polled $BDF $KBDF $BENCH_RUNTIME
+reset           isonvme-vmtest reset --device $BDF --namespaces 1 --cpus $SMP --isolated $ISOLATED --resets 5
 hot-unplug      hot_unplug $HBDF
 "
 CHECKS=${VMTEST_CHECKS:-$DEFAULT_CHECKS}

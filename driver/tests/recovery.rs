@@ -434,3 +434,42 @@ fn a_hot_unplug_request_stops_the_controller_and_fails_what_is_in_flight() {
     drop(handle);
     runtime.close().unwrap();
 }
+
+#[test]
+fn resets_asked_for_during_io_lose_nothing_in_any_mode() {
+    let _serial = serial();
+    for (mode, options) in modes() {
+        // 5 ms reads keep 8 commands in flight through every reset.
+        let runtime = start("sim,size=1M,latency=5ms", options);
+        let mut handle = runtime.handle(2).unwrap();
+        let (outcome, durations) = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| write_all(&mut handle));
+            let mut durations = Vec::new();
+            let submitted = &runtime.cpu_counters(2).unwrap().submitted;
+            for round in 1..=3 {
+                // Each reset finds the writer busy.
+                eventually(|| counter(submitted) >= 8 * round);
+                durations.push(runtime.reset_controller(Duration::from_secs(10)).unwrap());
+            }
+            (writer.join().unwrap(), durations)
+        });
+        assert!(outcome.failed.is_empty(), "{mode}: {:?}", outcome.failed);
+        assert_eq!(counter(&runtime.recovery().resets), 3, "{mode}");
+        assert!(
+            durations.iter().all(|d| !d.is_zero()),
+            "{mode}: {durations:?}"
+        );
+        if mode != "shared" {
+            // (A shared SQ's thread resubmits for its CPUs.)
+            let resubmitted = counter(&runtime.cpu_counters(2).unwrap().resubmitted);
+            assert!(
+                resubmitted > 0,
+                "{mode}: the resets found nothing in flight"
+            );
+        }
+        let wrong = verify(&mut handle, &outcome.failed);
+        assert!(wrong.is_empty(), "{mode}: blocks {wrong:?} lost");
+        drop(handle);
+        runtime.close().unwrap();
+    }
+}

@@ -676,6 +676,48 @@ impl Runtime {
         &self.health.counters
     }
 
+    /// Resets the controller now, as `nvme reset` does for the kernel's
+    /// driver, while I/O goes on: the watchdog disables and re-enables it,
+    /// creates the queues again and the handles resubmit what was in flight
+    /// (in their next `poll()`). Returns how long the reset took (disable
+    /// to queues back), or the error when the controller did not come back
+    /// or `timeout` passed first.
+    pub fn reset_controller(&self, timeout: Duration) -> Result<Duration> {
+        if let Some(error) = self.health.error() {
+            return Err(error);
+        }
+        // Done when the epoch has gone two steps (odd: disabled, even:
+        // back) past the even one it is at or heading to now.
+        let seen = self.health.epoch.load(Ordering::Acquire);
+        let done_at = if seen.is_multiple_of(2) {
+            seen + 2
+        } else {
+            // One is under way: ours follows it.
+            seen + 3
+        };
+        self.health.request_reset_by_application();
+        let start = std::time::Instant::now();
+        while self.health.epoch.load(Ordering::Acquire) < done_at {
+            if let Some(error) = self.health.error() {
+                return Err(error);
+            }
+            if start.elapsed() > timeout {
+                return Err(Error::Timeout {
+                    what: "did not come back from a reset",
+                    waited: timeout,
+                    hint: "; the watchdog goes on trying",
+                });
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        Ok(Duration::from_micros(
+            self.health
+                .counters
+                .last_reset_micros
+                .load(Ordering::Acquire),
+        ))
+    }
+
     /// The asynchronous events the controller reported since the last
     /// call (namespace changed, health warnings, firmware activation),
     /// oldest first; the watchdog services the requests.

@@ -43,6 +43,11 @@ use crate::error::{Error, Result};
 use crate::nvme::SubmissionEntry;
 use crate::os;
 
+/// `Health::reset_requested`: a protocol violation.
+const RESET_PROTOCOL: u8 = 1;
+/// `Health::reset_requested`: the application asked.
+const RESET_ASKED: u8 = 2;
+
 /// How often the watchdog looks at the deadlines (CSTS: every tick).
 const SCAN_EVERY_TICKS: u64 = 5;
 
@@ -89,9 +94,10 @@ pub(crate) struct Health {
     /// Also bumped when the device is removed or given up on.
     pub epoch: AtomicU64,
     state: AtomicU8,
-    /// A thread saw the controller break the protocol (an impossible SQ
-    /// head): reset it.
-    pub reset_requested: AtomicBool,
+    /// Why a reset was asked for (0: it was not): a thread saw the
+    /// controller break the protocol (an impossible SQ head), or the
+    /// application asked.
+    reset_requested: AtomicU8,
     /// When the last reset brought the queues back (ms), so commands
     /// resubmitted by a completion thread get a fresh deadline.
     pub last_reset_ms: AtomicU64,
@@ -105,7 +111,7 @@ impl Health {
             now_ms: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             state: AtomicU8::new(0),
-            reset_requested: AtomicBool::new(false),
+            reset_requested: AtomicU8::new(0),
             last_reset_ms: AtomicU64::new(0),
             counters: RecoveryCounters::default(),
         }
@@ -139,7 +145,18 @@ impl Health {
     /// The error for a submission once the device is no longer alive.
     /// Asks the watchdog for a controller reset (a protocol violation).
     pub fn request_reset(&self) {
-        self.reset_requested.store(true, Ordering::Release);
+        self.reset_requested
+            .store(RESET_PROTOCOL, Ordering::Release);
+    }
+
+    /// Asks the watchdog for a controller reset the application wants.
+    pub fn request_reset_by_application(&self) {
+        let _ = self.reset_requested.compare_exchange(
+            0,
+            RESET_ASKED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     pub fn error(&self) -> Option<Error> {
@@ -325,11 +342,13 @@ impl Watchdog {
                 aborted.clear();
                 continue;
             }
-            if self.health.reset_requested.swap(false, Ordering::AcqRel) {
-                self.reset(
-                    start,
-                    "the controller broke the protocol (an impossible SQ head)",
-                );
+            let why = match self.health.reset_requested.swap(0, Ordering::AcqRel) {
+                0 => None,
+                RESET_PROTOCOL => Some("the controller broke the protocol (an impossible SQ head)"),
+                _ => Some("the application asked for it"),
+            };
+            if let Some(why) = why {
+                self.reset(start, why);
                 aborted.clear();
                 continue;
             }
@@ -483,13 +502,14 @@ impl Watchdog {
         let now = millis(start.elapsed());
         self.health.now_ms.store(now, Ordering::Release);
         self.health.last_reset_ms.store(now, Ordering::Release);
-        // Even: the vectors' queues exist; handles acknowledge and get
-        // theirs back one by one.
-        self.health.epoch.store(odd + 1, Ordering::Release);
-        self.wake_completion_threads();
         let took = began.elapsed().as_micros() as u64;
         counters.last_reset_micros.store(took, Ordering::Relaxed);
         counters.max_reset_micros.fetch_max(took, Ordering::Relaxed);
+        // Even: the vectors' queues exist; handles acknowledge and get
+        // theirs back one by one. (Release: the counters above are seen by
+        // whoever sees the epoch.)
+        self.health.epoch.store(odd + 1, Ordering::Release);
+        self.wake_completion_threads();
         tracing::warn!(micros = took, "controller reset done; resubmitting");
     }
 

@@ -465,7 +465,7 @@ fn check_durable(geometry: &Geometry, recovered: &Recovered, salvage: bool) -> R
         return Ok(());
     }
     Err(format!(
-        "journal page {damaged} (LBA {}) is damaged, but the superblock marks pages 1..={} as flushed: records          reported durable were lost to media damage, not to a torn write. Appending would overwrite what          follows. Copy the region away if it matters, then rerun with --salvage to keep the {} records before          the damaged page",
+        "journal page {damaged} (LBA {}) is damaged, but the superblock marks pages 1..={} as flushed: records reported durable were lost to media damage, not to a torn write. Appending would overwrite what follows. Copy the region away if it matters, then rerun with --salvage to keep the {} records before the damaged page",
         geometry.lba(damaged),
         recovered.durable_pages,
         recovered.records
