@@ -47,7 +47,7 @@ pub use completion::{VectorCounters, VectorState, POLL_PARK_AFTER, POLL_PARK_NAP
 pub use handle::{CpuCounters, CpuHandle};
 pub use hotplug::{ManualOnline, OnlineSource};
 pub use layout::{InlineQueue, QueueLayout};
-pub use recovery::{DeviceState, RecoveryCounters};
+pub use recovery::{DeviceState, RecoveryCounters, WATCHDOG_TICK};
 
 use completion::{SharedSq, VectorWork};
 use handle::{CompletionPath, HandleParts, RetryPolicy, SubmitPath};
