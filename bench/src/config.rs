@@ -1,13 +1,19 @@
 //! The command line and fio job files, turned into jobs.
 //!
 //! As in fio: job files are INI (`[global]` then one section per job, the
-//! same keys as the command line, bare keys for flags, `;`/`#` comments,
-//! `${VAR}` from the environment); on the command line each `--name=`
-//! starts a job and the options after it belong to that job. Options on the
-//! command line before the first `--name` are global: they apply to every
-//! job, and override what job files say (so `--runtime=1 job.fio` shortens
-//! a job file's run). Without any `--name` or job file, the options make one
-//! job.
+//! same keys as the command line, bare keys for flags, `${VAR}` from the
+//! environment); a `;` or `#` anywhere on a line starts a comment, as fio's
+//! parser has it (so `numjobs=4 ; four readers` is `numjobs=4`). On the
+//! command line each `--name=` starts a job and the options after it belong
+//! to that job. Options on the command line before the first `--name` are
+//! global: they apply to every job, and override what job files say (so
+//! `--runtime=1 job.fio` shortens a job file's run, and `--ioengine=isonvme
+//! --filename=sim job.fio` runs a libaio job file on isonvme). fio itself
+//! lets a job file's own value win over a command-line one; this is the one
+//! place isonvme-bench differs. Each option is taken once, its last value
+//! counting, before any value is checked: an option a later layer replaces
+//! is never validated. Without any `--name` or job file, the options make
+//! one job. Errors in a job file's values name the file and line.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +29,15 @@ pub struct Section {
     pub name: String,
     /// Its options in order.
     pub options: Vec<RawOption>,
+    /// Where each option was written (`file:line`), in the same order.
+    pub origins: Vec<String>,
+}
+
+/// A job file line without its comment: fio ends a line at its first `;`
+/// or `#` wherever it is (its `strip_blank_end`), then trims it.
+fn strip_comment(line: &str) -> &str {
+    let end = line.find([';', '#']).unwrap_or(line.len());
+    line[..end].trim()
 }
 
 /// Parses a fio job file's text; `origin` names it in errors.
@@ -30,8 +45,8 @@ pub fn parse_job_file(text: &str, origin: &str) -> Result<Vec<Section>, OptionEr
     let mut sections: Vec<Section> = Vec::new();
     for (index, raw_line) in text.lines().enumerate() {
         let line_no = index + 1;
-        let line = raw_line.trim();
-        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+        let line = strip_comment(raw_line);
+        if line.is_empty() {
             continue;
         }
         let at = || format!("{origin}:{line_no}");
@@ -46,6 +61,7 @@ pub fn parse_job_file(text: &str, origin: &str) -> Result<Vec<Section>, OptionEr
             sections.push(Section {
                 name: name.to_owned(),
                 options: Vec::new(),
+                origins: Vec::new(),
             });
             continue;
         }
@@ -74,6 +90,7 @@ pub fn parse_job_file(text: &str, origin: &str) -> Result<Vec<Section>, OptionEr
             )));
         }
         section.options.push((key, value));
+        section.origins.push(at());
     }
     Ok(sections)
 }
@@ -150,6 +167,10 @@ pub enum Eta {
 pub struct Config {
     /// Option layers per job, applied in order to the defaults.
     pub recipes: Vec<Vec<RawOption>>,
+    /// Per recipe, where each option came from (`file:line`; `None`: the
+    /// command line or a default), for error messages. May be shorter than
+    /// its recipe.
+    pub origins: Vec<Vec<Option<String>>>,
     /// Global options (the command line's and job files'), for the JSON.
     pub global_options: Vec<(String, String)>,
     /// Output formats.
@@ -457,6 +478,7 @@ fn add_file_jobs(
     command_global: &[RawOption],
 ) -> Result<(), OptionError> {
     let mut global: Vec<RawOption> = Vec::new();
+    let mut global_origins: Vec<Option<String>> = Vec::new();
     let mut jobs = 0;
     for section in sections {
         if section.name == "global" {
@@ -466,13 +488,18 @@ fn add_file_jobs(
                     .push((key.clone(), value.clone().unwrap_or_else(|| "1".into())));
             }
             global.extend(section.options);
+            global_origins.extend(section.origins.into_iter().map(Some));
             continue;
         }
         let mut recipe = vec![("name".to_owned(), Some(section.name.clone()))];
+        let mut origins = vec![None];
         recipe.extend(global.iter().cloned());
+        origins.extend(global_origins.iter().cloned());
         recipe.extend(section.options);
+        origins.extend(section.origins.into_iter().map(Some));
         recipe.extend(command_global.iter().cloned());
         config.recipes.push(recipe);
+        config.origins.push(origins);
         jobs += 1;
     }
     if jobs == 0 {
@@ -486,9 +513,38 @@ fn add_file_jobs(
 
 /// Applies a recipe (and overrides) to the defaults.
 pub fn resolve(recipe: &[RawOption], overrides: &[RawOption]) -> Result<JobOptions, OptionError> {
+    resolve_with_origins(recipe, &[], overrides)
+}
+
+/// Applies a recipe (and overrides) to the defaults: each option once, with
+/// its last value (what a later layer replaces is never checked), errors
+/// prefixed with where the value was written.
+pub fn resolve_with_origins(
+    recipe: &[RawOption],
+    origins: &[Option<String>],
+    overrides: &[RawOption],
+) -> Result<JobOptions, OptionError> {
+    let all: Vec<(&RawOption, Option<&String>)> = recipe
+        .iter()
+        .enumerate()
+        .map(|(index, option)| (option, origins.get(index).and_then(Option::as_ref)))
+        .chain(overrides.iter().map(|option| (option, None)))
+        .collect();
+    let key_of =
+        |key: &str| options::canonical(key).map_or(key.to_owned(), |spec| spec.name.to_owned());
     let mut job = JobOptions::default();
-    for (key, value) in recipe.iter().chain(overrides) {
-        job.set(key, value.as_deref())?;
+    for (index, ((key, value), origin)) in all.iter().enumerate() {
+        let replaced = all[index + 1..]
+            .iter()
+            .any(|((later, _), _)| key_of(later) == key_of(key));
+        if replaced {
+            continue;
+        }
+        job.set(key, value.as_deref())
+            .map_err(|error| match origin {
+                Some(origin) => OptionError(format!("{origin}: {}", error.0)),
+                None => error,
+            })?;
     }
     if job.name.is_empty() {
         job.name = job.rw.name().to_owned();

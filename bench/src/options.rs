@@ -705,11 +705,14 @@ impl JobOptions {
             "ioengine" => {
                 self.ioengine = Some(match value {
                     "isonvme" => EngineKind::Isonvme,
-                    "psync" => EngineKind::Psync,
+                    "psync" | "sync" | "pvsync" => EngineKind::Psync,
                     "io_uring" => EngineKind::IoUring,
+                    // The kernel's other asynchronous engines: the same
+                    // requests, run on io_uring (said in a note).
+                    "libaio" | "posixaio" => EngineKind::IoUring,
                     other => {
                         return Err(OptionError(format!(
-                            "ioengine={other} is not supported: use isonvme, psync or io_uring"
+                            "ioengine={other} is not supported: use isonvme, psync or io_uring (libaio and posixaio run on io_uring)"
                         )))
                     }
                 });
@@ -849,13 +852,30 @@ impl JobOptions {
         let mut notes = Vec::new();
         let engine = self.engine();
         let given = |key: &str| self.given.iter().any(|(k, _)| k == key);
+        let asked_engine = self
+            .given
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "ioengine")
+            .map(|(_, v)| v.as_str());
+        match asked_engine {
+            Some(asked @ ("libaio" | "posixaio")) => notes.push(format!(
+                "job `{}`: ioengine={asked} runs on io_uring (the same requests and queue depth through the kernel's newer interface)",
+                self.name
+            )),
+            Some(asked @ ("sync" | "pvsync")) => notes.push(format!(
+                "job `{}`: ioengine={asked} runs as psync (one positioned read or write per I/O)",
+                self.name
+            )),
+            _ => {}
+        }
         match engine {
             EngineKind::Isonvme => {
                 if given("direct") && !self.direct {
-                    return Err(OptionError(format!(
-                        "job `{}`: direct=0 is not possible with ioengine=isonvme (the driver always does DMA to the device)",
+                    notes.push(format!(
+                        "job `{}`: direct=0 has no meaning for ioengine=isonvme: the driver always transfers by DMA straight to the device (there is no page cache)",
                         self.name
-                    )));
+                    ));
                 }
                 if self.hipri {
                     return Err(OptionError(format!(

@@ -816,8 +816,10 @@ pub fn resolve_jobs(
 ) -> Result<(Vec<JobOptions>, Vec<String>), RunError> {
     let mut jobs = Vec::new();
     let mut notes = Vec::new();
-    for recipe in &config.recipes {
-        let job = config::resolve(recipe, overrides).map_err(|e| usage(e.0))?;
+    for (index, recipe) in config.recipes.iter().enumerate() {
+        let origins = config.origins.get(index).map_or(&[][..], Vec::as_slice);
+        let job =
+            config::resolve_with_origins(recipe, origins, overrides).map_err(|e| usage(e.0))?;
         notes.extend(job.validate().map_err(|e| usage(e.0))?);
         jobs.push(job);
     }

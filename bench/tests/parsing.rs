@@ -30,8 +30,9 @@ fn error(args: &[&str]) -> String {
         Err(error) => error.to_string(),
         Ok(Command::Run(config)) => {
             // Some errors only show when the job is resolved and validated.
-            for recipe in &config.recipes {
-                match config::resolve(recipe, &[]) {
+            for (index, recipe) in config.recipes.iter().enumerate() {
+                let origins = config.origins.get(index).map_or(&[][..], Vec::as_slice);
+                match config::resolve_with_origins(recipe, origins, &[]) {
                     Err(error) => return error.to_string(),
                     Ok(job) => {
                         if let Err(error) = job.validate() {
@@ -198,7 +199,7 @@ fn bad_values_name_their_option() {
         (&["--rwmixread=101"], "rwmixread=101"),
         (&["--runtime=soon"], "runtime=soon"),
         (&["--size=0"], "size=0"),
-        (&["--ioengine=libaio"], "ioengine=libaio"),
+        (&["--ioengine=windowsaio"], "ioengine=windowsaio"),
         (&["--verify=md5"], "verify=md5"),
         (&["--cpus_allowed=3-1"], "cpus_allowed=3-1"),
         (&["--cpus_allowed_policy=both"], "cpus_allowed_policy=both"),
@@ -234,8 +235,23 @@ fn cross_option_checks() {
     assert!(message.contains("time_based needs runtime="), "{message}");
     let message = error(&["--ioengine=isonvme", "--filename=/dev/nvme0n1"]);
     assert!(message.contains("filename=/dev/nvme0n1"), "{message}");
-    let message = error(&["--direct=0"]);
-    assert!(message.contains("direct=0"), "{message}");
+    // direct=0 means nothing to isonvme: a note, not an error.
+    let job = &jobs(&["--direct=0"])[0];
+    let notes = job.validate().unwrap();
+    assert!(
+        notes.iter().any(|n| n.contains("direct=0 has no meaning")),
+        "{notes:?}"
+    );
+    // libaio and posixaio run on io_uring, and say so.
+    let job = &jobs(&["--ioengine=libaio", "--filename=/tmp/x"])[0];
+    assert_eq!(job.engine(), EngineKind::IoUring);
+    let notes = job.validate().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("ioengine=libaio runs on io_uring")),
+        "{notes:?}"
+    );
     // psync runs at depth 1 and says so rather than failing.
     let job = &jobs(&["--ioengine=psync", "--filename=/tmp/x", "--iodepth=8"])[0];
     let notes = job.validate().unwrap();
@@ -392,4 +408,48 @@ fn options_alone_modify_the_default_job() {
     assert_eq!((job.rw, job.iodepth), (Rw::Read, 1));
     assert!(config(&["--iodepth=1"]).default_run);
     assert!(!config(&["--name=mine", "--filename=sim"]).default_run);
+}
+
+#[test]
+fn job_files_take_comments_anywhere_on_a_line_as_fio_does() {
+    let sections = parse_job_file(
+        "[global]\nnumjobs=4 ; four readers\nfilename=sim ; c\n\n[reader] # a job\nrw=randread#inline\n",
+        "job.fio",
+    )
+    .unwrap();
+    assert_eq!(
+        sections[0].options[0],
+        ("numjobs".to_owned(), Some("4".to_owned()))
+    );
+    assert_eq!(
+        sections[0].options[1],
+        ("filename".to_owned(), Some("sim".to_owned()))
+    );
+    assert_eq!(sections[1].name, "reader");
+    assert_eq!(
+        sections[1].options[0],
+        ("rw".to_owned(), Some("randread".to_owned()))
+    );
+    assert_eq!(sections[1].origins[0], "job.fio:6");
+}
+
+#[test]
+fn command_line_options_replace_a_job_files_before_its_values_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("aio.fio");
+    std::fs::write(
+        &file,
+        "[global]\nioengine=windowsaio\nfilename=/dev/sdz\n[job]\nrw=randread\nbs=4k\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    // The file's engine would be refused; the command line replaces it
+    // before it is looked at.
+    let jobs = jobs(&["--ioengine=isonvme", "--filename=sim", path]);
+    assert_eq!(jobs[0].engine(), EngineKind::Isonvme);
+    assert_eq!(jobs[0].target(), "sim");
+    // Without the override the value error names the file and line.
+    let message = error(&[path]);
+    assert!(message.contains(&format!("{path}:2")), "{message}");
+    assert!(message.contains("ioengine=windowsaio"), "{message}");
 }
