@@ -482,6 +482,12 @@ fn prepare_kernel_target(
     notes: &mut Vec<String>,
 ) -> Result<KernelTarget, RunError> {
     let name = path.display();
+    if path.to_str().is_some_and(|text| text.contains(':')) && !path.exists() {
+        // fio reads `a:b` as two files; jobs here run on one file each.
+        return Err(usage(format!(
+            "filename={name}: a `:`-separated list of files is not supported (one file per job: give each its own job, or numjobs= on one file); a file whose name contains `:` must exist"
+        )));
+    }
     let meta = std::fs::metadata(path);
     if meta.as_ref().is_ok_and(|m| m.is_dir()) {
         return Err(usage(format!(
@@ -495,6 +501,9 @@ fn prepare_kernel_target(
     }
     let is_block = meta.as_ref().is_ok_and(|m| m.file_type().is_block_device());
     let writes = jobs.iter().any(|job| job.rw.writes());
+    if meta.as_ref().is_ok_and(|m| m.file_type().is_char_device()) {
+        return char_device_target(path, jobs, writes, notes);
+    }
     let total = if is_block {
         let mut file = std::fs::File::open(path).map_err(|e| failure(open_error(&name, &e)))?;
         file.seek(SeekFrom::End(0))
@@ -582,6 +591,47 @@ fn prepare_kernel_target(
     })
 }
 
+/// A character device such as `/dev/null` or `/dev/zero`: nothing to lay
+/// out, no O_DIRECT, and the size comes from `size=`.
+fn char_device_target(
+    path: &Path,
+    jobs: &[&JobOptions],
+    writes: bool,
+    notes: &mut Vec<String>,
+) -> Result<KernelTarget, RunError> {
+    let name = path.display();
+    if path == Path::new("/dev/null") && jobs.iter().any(|job| job.rw.reads()) {
+        return Err(usage(format!(
+            "reads from {name} return nothing: read from /dev/zero, write to /dev/null"
+        )));
+    }
+    let mut total = 0u64;
+    for job in jobs {
+        match job.size {
+            Some(SizeSpec::Bytes(bytes)) => total = total.max(job.offset.resolve(bytes).saturating_add(bytes)),
+            _ => {
+                return Err(usage(format!(
+                    "job `{}`: {name} is a character device with no size: give size= in bytes (e.g. size=1g)",
+                    job.name
+                )))
+            }
+        }
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(writes)
+        .open(path)
+        .map_err(|e| failure(open_error(&name, &e)))?;
+    notes.push(format!(
+        "{name} is a character device: buffered I/O (no O_DIRECT), nothing laid out; it measures the system call path, not storage"
+    ));
+    Ok(KernelTarget {
+        total,
+        direct: false,
+        irqs: Vec::new(),
+    })
+}
+
 fn layout_file(path: &Path, from: u64, to: u64) -> std::io::Result<()> {
     let mut file = OpenOptions::new()
         .create(true)
@@ -593,6 +643,14 @@ fn layout_file(path: &Path, from: u64, to: u64) -> std::io::Result<()> {
     let mut chunk = vec![0u8; 1 << 20];
     let mut position = from;
     while position < to {
+        // Ctrl-C / SIGTERM stops laying out too (a large offset= can take
+        // minutes), leaving the file as far as it got.
+        if crate::job::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "interrupted while laying out the file",
+            ));
+        }
         for word in chunk.chunks_mut(8) {
             word.copy_from_slice(&rng.next_u64().to_le_bytes());
         }

@@ -192,3 +192,99 @@ fn an_interrupt_ends_the_run_with_the_report_of_what_ran() {
     let ios = report["jobs"][0]["read"]["total_ios"].as_u64().unwrap();
     assert!(ios > 0, "the report counts the reads that ran: {stdout}");
 }
+
+#[test]
+fn character_devices_and_file_lists() {
+    let output = common::bench(&[
+        "--name=null",
+        "--ioengine=psync",
+        "--filename=/dev/null",
+        "--rw=write",
+        "--bs=4k",
+        "--size=1m",
+        "--eta=never",
+    ]);
+    let (out, err) = common::text(&output);
+    assert!(output.status.success(), "{out}{err}");
+    assert!(out.contains("is a character device"), "{out}");
+    let output = common::bench(&[
+        "--name=zero",
+        "--ioengine=psync",
+        "--filename=/dev/zero",
+        "--rw=read",
+        "--bs=4k",
+        "--size=1m",
+        "--eta=never",
+    ]);
+    assert!(output.status.success(), "{:?}", common::text(&output));
+    // Reading /dev/null, a device without size=, a `:` list: clear errors.
+    for (args, needle) in [
+        (
+            &["--filename=/dev/null", "--rw=read", "--size=1m"][..],
+            "read from /dev/zero",
+        ),
+        (&["--filename=/dev/zero", "--rw=read"], "give size="),
+        (
+            &[
+                "--filename=/tmp/isonvme-a:/tmp/isonvme-b",
+                "--rw=write",
+                "--size=1m",
+            ],
+            "`:`-separated list",
+        ),
+    ] {
+        let mut all = vec!["--name=x", "--ioengine=psync", "--eta=never"];
+        all.extend_from_slice(args);
+        let output = common::bench(&all);
+        let (_, err) = common::text(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_signal_stops_laying_out_a_file() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.dat");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isonvme-bench"))
+        .args([
+            "--name=big",
+            "--ioengine=psync",
+            &format!("--filename={}", file.display()),
+            "--rw=write",
+            "--size=4m",
+            "--offset=64g",
+            "--eta=never",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until laying out has begun.
+    let start = Instant::now();
+    while file.metadata().map_or(0, |m| m.len()) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "layout never began"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "still laying out 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(!status.success());
+    let len = file.metadata().unwrap().len();
+    assert!(len < 64 << 30, "the layout stopped early ({len} bytes)");
+}
