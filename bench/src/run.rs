@@ -277,20 +277,30 @@ fn open_device(
             )));
         }
         if job.bs as usize > info.max_transfer {
-            return Err(usage(format!(
-                "job `{}`: bs={} exceeds {name}'s maximum transfer of {} bytes (MDTS)",
-                job.name, job.bs, info.max_transfer
-            )));
+            notes.push(format!(
+                "job `{}`: bs={} is larger than {name}'s maximum transfer ({} bytes, MDTS): the driver splits each I/O into {} commands",
+                job.name,
+                job.bs,
+                info.max_transfer,
+                (job.bs as usize).div_ceil(info.max_transfer)
+            ));
         }
     }
+    // Commands one I/O of `bs` takes (the driver splits at MDTS).
+    let parts = |bs: u64| (bs as usize).div_ceil(info.max_transfer.max(1)) as u32;
     // A CPU's queue holds one command less than its depth (one SQ slot
     // stays empty); the runtime caps queues at 4096 entries.
     let most = info.max_queue_depth.min(4096).saturating_sub(1);
-    if let Some(job) = jobs.iter().find(|job| job.iodepth > most) {
+    if let Some(job) = jobs
+        .iter()
+        .find(|job| job.iodepth.saturating_mul(parts(job.bs)) > most)
+    {
         return Err(usage(format!(
-            "job `{}`: iodepth={} is more than {name}'s queues hold ({most} commands per CPU): lower iodepth{}",
+            "job `{}`: iodepth={} of {} commands each (bs={} split at MDTS) is more than {name}'s queues hold ({most} commands per CPU): lower iodepth or bs{}",
             job.name,
             job.iodepth,
+            parts(job.bs),
+            job.bs,
             if sim.is_some() {
                 " or raise the simulator's qdepth="
             } else {
@@ -298,7 +308,12 @@ fn open_device(
             }
         )));
     }
-    let depth = jobs.iter().map(|job| job.iodepth).max().unwrap_or(1) + 1;
+    let depth = jobs
+        .iter()
+        .map(|job| job.iodepth * parts(job.bs))
+        .max()
+        .unwrap_or(1)
+        + 1;
     let runtime = Runtime::open(
         controller,
         RuntimeOptions {

@@ -37,7 +37,11 @@ fn bad_input_is_a_clear_error_not_a_panic() {
             2,
             &["offset=", "beyond the end"],
         ),
-        (&["--filename=sim", "--bs=1m"], 2, &["bs=1048576", "MDTS"]),
+        (
+            &["--filename=sim", "--bs=1m", "--iodepth=1000"],
+            2,
+            &["iodepth=1000 of 8 commands each", "MDTS"],
+        ),
         (&["--iodepth=60000"], 2, &["iodepth=60000", "lower iodepth"]),
         (
             &["--output=/nonexistent-dir/report.txt"],

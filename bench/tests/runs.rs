@@ -466,3 +466,37 @@ fn injected_faults_are_recovered_and_every_block_verifies() {
         outcome.notes
     );
 }
+
+#[test]
+fn blocks_larger_than_the_controllers_transfer_limit_are_split_by_the_driver() {
+    // The simulator's MDTS is 128 KiB: 1 MiB writes go as 8 commands each.
+    let outcome = common::run(&[
+        "--name=big",
+        "--ioengine=isonvme",
+        "--filename=sim,size=64M",
+        "--rw=randwrite",
+        "--bs=1m",
+        "--iodepth=4",
+        "--size=16m",
+        "--verify=crc32c",
+    ]);
+    let job = only_job(&outcome);
+    let verify = job.verify.as_ref().unwrap();
+    assert_eq!(
+        (verify.checked, verify.errors),
+        (16, 0),
+        "{:?}",
+        verify.messages
+    );
+    let notes: Vec<&String> = outcome
+        .devices
+        .iter()
+        .flat_map(|device| &device.notes)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("the driver splits each I/O into 8 commands")),
+        "{notes:?}"
+    );
+}

@@ -146,6 +146,16 @@ struct HandleSlot {
     unsent: bool,
     /// Coarse-clock ms before which an unsent retry waits (CRD).
     not_before: u64,
+    /// A part of a command split at the controller's transfer limit: the
+    /// slot of its first part, which holds the tag and the buffer.
+    lead: Option<u16>,
+    /// First part of a split command: parts not completed yet (itself
+    /// included); 0 for an ordinary command.
+    parts_left: u16,
+    /// First part of a split command: its own part has completed.
+    own_part_done: bool,
+    /// First part of a split command: the first error of any part.
+    part_error: Option<NvmeStatus>,
 }
 
 /// The commands a handle has in flight, indexed by `cid - cid_base`.
@@ -170,6 +180,43 @@ impl Inflight {
         Err(DeviceError::UnknownCommandId { queue: 0, cid }.into())
     }
 
+    /// Ends the command in `index` with `result`: an ordinary command is
+    /// delivered; a part of a split command is counted, and the whole
+    /// command delivered (first error, or success) with its last part.
+    /// Returns whether something was delivered.
+    fn finish(
+        &mut self,
+        index: usize,
+        result: std::result::Result<u32, NvmeStatus>,
+        deliver: &mut impl FnMut(Completion),
+    ) -> bool {
+        let lead = self.slots[index].lead.map_or(index, usize::from);
+        if lead == index && self.slots[index].parts_left == 0 {
+            deliver(self.retire(index, result));
+            return true;
+        }
+        if index == lead {
+            self.slots[index].own_part_done = true;
+        } else {
+            let part = &mut self.slots[index];
+            part.busy = false;
+            part.unsent = false;
+            part.lead = None;
+            self.free.push(index as u16);
+        }
+        let head = &mut self.slots[lead];
+        if let Err(status) = result {
+            head.part_error.get_or_insert(status);
+        }
+        head.parts_left -= 1;
+        if head.parts_left > 0 {
+            return false;
+        }
+        let whole = head.part_error.take().map_or(Ok(0), Err);
+        deliver(self.retire(lead, whole));
+        true
+    }
+
     /// Frees `slot_index` and builds its completion.
     fn retire(
         &mut self,
@@ -179,6 +226,10 @@ impl Inflight {
         let slot = &mut self.slots[slot_index];
         slot.busy = false;
         slot.unsent = false;
+        slot.lead = None;
+        slot.parts_left = 0;
+        slot.own_part_done = false;
+        slot.part_error = None;
         let completion = Completion {
             tag: slot.tag,
             result,
@@ -236,6 +287,10 @@ impl CpuHandle {
                 retries: 0,
                 unsent: false,
                 not_before: 0,
+                lead: None,
+                parts_left: 0,
+                own_part_done: false,
+                part_error: None,
             });
         }
         // A handle taken after a reset starts its rings over like one that
@@ -308,6 +363,9 @@ impl CpuHandle {
         buffer: Option<DmaBuffer>,
         tag: u64,
     ) -> std::result::Result<(), Rejected> {
+        if let Some(parts) = self.split_plan(command) {
+            return self.submit_split(command, parts, buffer, tag);
+        }
         match self.push(command, buffer.as_ref(), tag) {
             Ok(slot) => {
                 self.inflight.slots[slot].buffer = buffer;
@@ -321,6 +379,220 @@ impl CpuHandle {
                 Err(Rejected { error, buffer })
             }
         }
+    }
+
+    /// For a read or write larger than the controller's transfer limit
+    /// (MDTS, or the runtime's `max_transfer`): the blocks per part and the
+    /// part count. `None` for everything else.
+    fn split_plan(&self, command: IoCommand) -> Option<(u32, u32)> {
+        let (IoCommand::Read { nsid, blocks, .. } | IoCommand::Write { nsid, blocks, .. }) =
+            command
+        else {
+            return None;
+        };
+        let block_size = self.commands.namespace(nsid).ok()?.block_size as usize;
+        let per_part = (self.commands.max_transfer / block_size.max(1)).max(1) as u32;
+        (blocks > per_part).then(|| (per_part, blocks.div_ceil(per_part)))
+    }
+
+    /// Submits a read or write larger than one command may be as several
+    /// parts in consecutive slots, as SPDK and the kernel split requests:
+    /// one completion (the first error, or success) comes back with the
+    /// buffer once every part is done. It needs as many free slots as
+    /// parts.
+    fn submit_split(
+        &mut self,
+        command: IoCommand,
+        (per_part, parts): (u32, u32),
+        buffer: Option<DmaBuffer>,
+        tag: u64,
+    ) -> std::result::Result<(), Rejected> {
+        let reject = |error: Error, buffer: Option<DmaBuffer>| Rejected { error, buffer };
+        if self.regs.failed.load(Ordering::Relaxed) {
+            let error = self.ctx.health.error().unwrap_or(Error::Unusable(
+                "the controller was stopped after a lost command",
+            ));
+            return Err(reject(error, buffer));
+        }
+        let (nsid, lba, blocks, write) = match command {
+            IoCommand::Read { nsid, lba, blocks } => (nsid, lba, blocks, false),
+            IoCommand::Write { nsid, lba, blocks } => (nsid, lba, blocks, true),
+            _ => unreachable!("split_plan splits reads and writes only"),
+        };
+        let Some(data) = buffer.as_ref() else {
+            return Err(reject(
+                Error::InvalidArgument("a read or write needs a buffer".into()),
+                buffer,
+            ));
+        };
+        let block_size = match self.commands.namespace(nsid) {
+            Ok(ns) => ns.block_size as usize,
+            Err(error) => return Err(reject(error, buffer)),
+        };
+        if data.len() < blocks as usize * block_size {
+            return Err(reject(
+                Error::InvalidArgument(format!(
+                    "{blocks} blocks of {block_size} bytes need {} bytes of buffer, got {}",
+                    blocks as usize * block_size,
+                    data.len()
+                )),
+                buffer,
+            ));
+        }
+        if parts as usize > self.inflight.slots.len() {
+            return Err(reject(
+                Error::InvalidArgument(format!(
+                    "{} bytes split into {parts} commands at the {}-byte transfer limit (MDTS), more than this CPU's {} slots: raise RuntimeOptions::depth or send smaller commands",
+                    blocks as usize * block_size,
+                    self.commands.max_transfer,
+                    self.inflight.slots.len()
+                )),
+                buffer,
+            ));
+        }
+        if self.inflight.free.len() < parts as usize {
+            bump(&self.ctx.counters.ring_full, 1);
+            return Err(reject(Error::QueueFull, buffer));
+        }
+        // Check the whole range once, so no part is sent for a command
+        // that would fail halfway.
+        let whole = match command {
+            IoCommand::Read { .. } => IoCommand::Read {
+                nsid,
+                lba,
+                blocks: per_part,
+            },
+            _ => IoCommand::Write {
+                nsid,
+                lba,
+                blocks: per_part,
+            },
+        };
+        let end_check = match command {
+            IoCommand::Read { .. } => IoCommand::Read {
+                nsid,
+                lba: lba + u64::from(blocks - 1),
+                blocks: 1,
+            },
+            _ => IoCommand::Write {
+                nsid,
+                lba: lba + u64::from(blocks - 1),
+                blocks: 1,
+            },
+        };
+        for check in [whole, end_check] {
+            if let Err(error) = self
+                .commands
+                .entry_for(check, data.len())
+                .and_then(|_| self.pool.check_owns(data))
+            {
+                return Err(reject(error, buffer));
+            }
+        }
+        let mut lead = None;
+        for part in 0..parts {
+            let first = part * per_part;
+            let count = per_part.min(blocks - first);
+            let part_command = if write {
+                IoCommand::Write {
+                    nsid,
+                    lba: lba + u64::from(first),
+                    blocks: count,
+                }
+            } else {
+                IoCommand::Read {
+                    nsid,
+                    lba: lba + u64::from(first),
+                    blocks: count,
+                }
+            };
+            let offset = first as usize * block_size;
+            match self.push_part(part_command, data, offset, count as usize * block_size) {
+                Ok(index) => {
+                    bump(&self.ctx.counters.submitted, 1);
+                    match lead {
+                        None => {
+                            lead = Some(index);
+                            let head = &mut self.inflight.slots[index];
+                            head.tag = tag;
+                            head.parts_left = parts as u16;
+                        }
+                        Some(head) => self.inflight.slots[index].lead = Some(head as u16),
+                    }
+                }
+                Err(error) => {
+                    // Checked above (slots, range, buffer): cannot happen
+                    // for a first part; a later one would leave parts in
+                    // flight, so it is reported as a device-side failure of
+                    // the whole command instead.
+                    let Some(head) = lead else {
+                        return Err(reject(error, buffer));
+                    };
+                    let head_slot = &mut self.inflight.slots[head];
+                    head_slot.parts_left -= (parts - part) as u16;
+                    head_slot.part_error.get_or_insert(NvmeStatus::HOST_ABORTED);
+                    break;
+                }
+            }
+        }
+        if let Some(head) = lead {
+            self.inflight.slots[head].buffer = buffer;
+        }
+        Ok(())
+    }
+
+    /// Pushes one part of a split command: `len` bytes at `offset` of
+    /// `data`. Returns its slot.
+    fn push_part(
+        &mut self,
+        command: IoCommand,
+        data: &DmaBuffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<usize> {
+        let mut entry = self.commands.entry_for(command, len)?;
+        let slot_index = *self.inflight.free.last().ok_or(Error::QueueFull)?;
+        let slot = &mut self.inflight.slots[usize::from(slot_index)];
+        let segment = Segment {
+            iova: data.iova() + offset as u64,
+            len,
+        };
+        let prp = prp::build(
+            std::slice::from_ref(&segment),
+            &mut slot.prp_lists,
+            &self.pool,
+        )?;
+        entry.prp1 = prp.prp1;
+        entry.prp2 = prp.prp2;
+        entry.set_cid(self.inflight.cid_base + slot_index);
+        self.enqueue(usize::from(slot_index), entry, 0)
+    }
+
+    /// Puts a prepared entry in flight in the free slot `slot_index` (the
+    /// last of the free list): pushed now, or held while a reset runs.
+    fn enqueue(&mut self, slot_index: usize, entry: SubmissionEntry, tag: u64) -> Result<usize> {
+        let hold = self.waiting_for_queues
+            || self.ctx.health.epoch.load(Ordering::Acquire) != self.seen_epoch;
+        if !hold {
+            match &mut self.path {
+                SubmitPath::Direct(sq) => sq.push(&entry).map_err(|_| Error::QueueFull)?,
+                SubmitPath::Shared(ring) => ring.push(entry).map_err(|_| Error::QueueFull)?,
+            }
+        }
+        self.inflight.free.pop();
+        let slot = &mut self.inflight.slots[slot_index];
+        slot.busy = true;
+        slot.tag = tag;
+        slot.entry = entry;
+        slot.retries = 0;
+        slot.unsent = hold;
+        slot.not_before = 0;
+        if hold {
+            self.inflight.unsent += 1;
+        } else {
+            self.ctx.arm_deadline(slot_index);
+        }
+        Ok(slot_index)
     }
 
     fn push(&mut self, command: IoCommand, buffer: Option<&DmaBuffer>, tag: u64) -> Result<usize> {
@@ -353,30 +625,11 @@ impl CpuHandle {
             entry.prp2 = prp.prp2;
         }
         entry.set_cid(self.inflight.cid_base + slot_index);
-        // Acquire: pairs with the watchdog's epoch bump; a stale view at
-        // worst rings a queue that no longer exists, which the controller
-        // ignores, and the command is submitted again after the reset.
-        let hold = self.waiting_for_queues
-            || self.ctx.health.epoch.load(Ordering::Acquire) != self.seen_epoch;
-        if !hold {
-            match &mut self.path {
-                SubmitPath::Direct(sq) => sq.push(&entry).map_err(|_| Error::QueueFull)?,
-                SubmitPath::Shared(ring) => ring.push(entry).map_err(|_| Error::QueueFull)?,
-            }
-        }
-        self.inflight.free.pop();
-        slot.busy = true;
-        slot.tag = tag;
-        slot.entry = entry;
-        slot.retries = 0;
-        slot.unsent = hold;
-        slot.not_before = 0;
-        if hold {
-            self.inflight.unsent += 1;
-        } else {
-            self.ctx.arm_deadline(usize::from(slot_index));
-        }
-        Ok(usize::from(slot_index))
+        // The epoch check in `enqueue` pairs (Acquire) with the watchdog's
+        // bump; a stale view at worst rings a queue that no longer exists,
+        // which the controller ignores, and the command is submitted again
+        // after the reset.
+        self.enqueue(usize::from(slot_index), entry, tag)
     }
 
     /// Rings the doorbell once for everything submitted since the last
@@ -572,14 +825,20 @@ impl CpuHandle {
         // Whatever the device had is gone: send it again, within budget.
         for index in 0..self.inflight.slots.len() {
             let slot = &mut self.inflight.slots[index];
-            if !slot.busy || slot.unsent {
+            // (A split command's first part that completed waits for the
+            // others; it is not sent again.)
+            if !slot.busy || slot.unsent || slot.own_part_done {
                 continue;
             }
             self.ctx.disarm_deadline(index);
             if slot.retries >= self.ctx.policy.max_retries {
                 bump(&self.ctx.counters.failed_by_host, 1);
-                deliver(self.inflight.retire(index, Err(NvmeStatus::HOST_ABORTED)));
-                count += 1;
+                if self
+                    .inflight
+                    .finish(index, Err(NvmeStatus::HOST_ABORTED), deliver)
+                {
+                    count += 1;
+                }
                 continue;
             }
             slot.retries += 1;
@@ -603,13 +862,18 @@ impl CpuHandle {
         self.inflight.unsent = 0;
         let mut count = 0;
         for index in 0..self.inflight.slots.len() {
-            if !self.inflight.slots[index].busy {
+            let slot = &self.inflight.slots[index];
+            if !slot.busy || slot.own_part_done {
                 continue;
             }
             self.ctx.disarm_deadline(index);
             bump(&self.ctx.counters.failed_by_host, 1);
-            deliver(self.inflight.retire(index, Err(NvmeStatus::HOST_ABORTED)));
-            count += 1;
+            if self
+                .inflight
+                .finish(index, Err(NvmeStatus::HOST_ABORTED), deliver)
+            {
+                count += 1;
+            }
         }
         count
     }
@@ -716,8 +980,7 @@ fn retire_or_retry(
         None => Ok(record.dw0),
         Some(status) => Err(status),
     };
-    deliver(inflight.retire(index, result));
-    Ok(true)
+    Ok(inflight.finish(index, result, deliver))
 }
 
 impl Drop for CpuHandle {
