@@ -120,8 +120,11 @@ pub(super) struct SharedSq {
 /// Pins the calling completion thread to `target` as far as this machine
 /// allows (a "what if" topology may name CPUs that do not exist here).
 pub(super) fn pin_to(target: &CpuSet, vector: u16) {
-    let runnable = os::runnable_cpus();
-    let usable = target.intersection(&runnable);
+    // The cpuset, not the inherited affinity: a runtime opened from a
+    // thread already pinned to an isolated CPU must still put its threads
+    // on the housekeeping CPUs.
+    let placeable = os::placeable_cpus();
+    let usable = target.intersection(&placeable);
     if usable.is_empty() {
         tracing::warn!(vector, cpus = %target, "no CPU of the vector exists on this machine; completion thread left unpinned");
         return;

@@ -306,7 +306,7 @@ impl Watchdog {
     pub fn run(self) {
         let removal_notice = self.controller.transport().removal_notice();
         if let Err(error) =
-            os::pin_current_thread(&self.housekeeping.intersection(&os::runnable_cpus()))
+            os::pin_current_thread(&self.housekeeping.intersection(&os::placeable_cpus()))
         {
             tracing::warn!(%error, "cannot pin the recovery watchdog to the housekeeping CPUs");
         }
