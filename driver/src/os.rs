@@ -14,8 +14,19 @@ pub fn runnable_cpus() -> CpuSet {
         .collect()
 }
 
+/// The calling thread's kernel id (for [`pin_thread`] from another thread).
+pub fn current_thread_id() -> i32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() }
+}
+
 /// Pins the calling thread to `cpus`.
 pub fn pin_current_thread(cpus: &CpuSet) -> std::io::Result<()> {
+    pin_thread(0, cpus)
+}
+
+/// Pins thread `tid` of this process (0: the calling thread) to `cpus`.
+pub fn pin_thread(tid: i32, cpus: &CpuSet) -> std::io::Result<()> {
     if cpus.is_empty() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -35,10 +46,10 @@ pub fn pin_current_thread(cpus: &CpuSet) -> std::io::Result<()> {
         // SAFETY: `cpu < capacity` was checked, so CPU_SET stays in bounds.
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
-    // SAFETY: pid 0 is the calling thread; `set` is a valid, initialised
-    // cpu_set_t of the size passed.
+    // SAFETY: `tid` is a thread id (0: the calling thread; the kernel
+    // checks it); `set` is a valid, initialised cpu_set_t of the size passed.
     let result =
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if result == 0 {
         Ok(())
     } else {

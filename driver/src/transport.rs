@@ -81,6 +81,13 @@ pub trait Transport: DmaMapper {
     fn removal_notice(&self) -> Option<Arc<EventFd>> {
         None
     }
+
+    /// Thread ids of the back-end's own busy threads (the simulated
+    /// device's), which are housekeeping work: the runtime confines them to
+    /// the housekeeping CPUs. Empty for real hardware.
+    fn helper_threads(&self) -> Vec<i32> {
+        Vec::new()
+    }
 }
 
 /// What became of a request to steer a vector.

@@ -312,6 +312,16 @@ impl Runtime {
             .filter(|&cpu| !inline_cpus.contains(cpu))
             .collect();
 
+        // The back-end's busy threads (the simulated device) are
+        // housekeeping work too.
+        let helper_cpus = plan.housekeeping.intersection(&os::placeable_cpus());
+        if !plan.isolated.is_empty() && !helper_cpus.is_empty() {
+            for tid in controller.transport().helper_threads() {
+                if let Err(error) = os::pin_thread(tid, &helper_cpus) {
+                    tracing::warn!(tid, %error, "cannot confine the back-end's thread to the housekeeping CPUs");
+                }
+            }
+        }
         let eventfds = controller.transport().enable_vectors(plan.nr_vecs as u16)?;
         let online = topology.online().clone();
         // Steer every vector, the admin vector included, before any command

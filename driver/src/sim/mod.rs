@@ -151,6 +151,8 @@ pub(crate) struct Shared {
     /// Signalled by [`SimController::request_removal`], as VFIO's device
     /// request is by a hot-unplug.
     removal: Arc<EventFd>,
+    /// The device thread's id, once it runs (0 before).
+    device_tid: std::sync::atomic::AtomicI32,
 }
 
 impl Shared {
@@ -184,6 +186,7 @@ impl Shared {
         }
         let shared = Arc::new(Shared {
             stats: SimStats::new(options.vectors),
+            device_tid: std::sync::atomic::AtomicI32::new(0),
             removal: Arc::new(
                 EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).map_err(|e| SimError::Io {
                     what: "creating the removal notice eventfd".to_owned(),
@@ -294,6 +297,18 @@ impl Transport for SimController {
         Some(Arc::clone(&self.shared.removal))
     }
 
+    fn helper_threads(&self) -> Vec<i32> {
+        // The thread records its id first thing; wait the moment it takes.
+        let start = Instant::now();
+        loop {
+            let tid = self.shared.device_tid.load(Ordering::Acquire);
+            if tid != 0 || start.elapsed() > Duration::from_secs(1) {
+                return (tid != 0).then_some(tid).into_iter().collect();
+            }
+            std::thread::yield_now();
+        }
+    }
+
     fn enable_vectors(&self, count: u16) -> Result<Vec<Arc<EventFd>>, TransportError> {
         if count > self.max_vectors() {
             return Err(TransportError::Vectors {
@@ -386,6 +401,9 @@ const SIM_YIELD_INTERVAL: u32 = 64;
 /// The device thread: poll, spin for a while after activity, then sleep
 /// with a growing back-off so an idle simulator costs next to nothing.
 fn run(mut device: Device, shared: Arc<Shared>) {
+    shared
+        .device_tid
+        .store(crate::os::current_thread_id(), Ordering::Release);
     let spin = shared.options.spin;
     let max_sleep = shared.options.idle;
     let mut last_activity = Instant::now();

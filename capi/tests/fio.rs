@@ -1,0 +1,132 @@
+//! fio itself, with isonvme's ioengine (`capi/fio/`, built by
+//! `capi/fio/build.sh`, which `./run-tests` runs first), on the simulated
+//! controller: its job options, verify, stonewall and JSON output work
+//! unchanged.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn engine() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = std::env::var_os("ISONVME_FIO_ENGINE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/fio/libisonvme_fio.so"));
+    assert!(
+        path.exists(),
+        "{} is missing: build it with capi/fio/build.sh (./run-tests does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs fio with `args` and the engine; returns its JSON report.
+fn fio(args: &[&str]) -> serde_json::Value {
+    let engine = format!("--ioengine=external:{}", engine().display());
+    let output = Command::new("fio")
+        .arg("--output-format=json")
+        .arg(&engine)
+        .args(args)
+        .output()
+        .expect("running fio (capi/fio/build.sh installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "fio {args:?} failed:\n{stdout}\n{stderr}");
+    let json = &stdout[stdout.find('{').expect("fio printed JSON")..];
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("fio's JSON: {e}\n{stdout}"))
+}
+
+fn cpu() -> String {
+    // The last CPU, treated as isolated for the run.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (cpus - 1).to_string()
+}
+
+#[test]
+fn fio_runs_random_reads_on_the_simulator() {
+    let cpu = cpu();
+    let report = fio(&[
+        "--thread",
+        "--name=randread",
+        "--filename=sim,size=64M",
+        "--rw=randread",
+        "--bs=4k",
+        "--iodepth=16",
+        "--size=16m",
+        &format!("--cpus_allowed={cpu}"),
+        &format!("--isolated={cpu}"),
+    ]);
+    let job = &report["jobs"][0];
+    assert_eq!(job["error"], 0, "{job}");
+    assert_eq!(job["read"]["io_bytes"], 16 << 20, "{job}");
+    assert!(job["read"]["iops"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn fio_verifies_what_it_wrote_through_the_engine() {
+    let cpu = cpu();
+    let report = fio(&[
+        "--thread",
+        "--name=verify",
+        "--filename=sim,size=64M",
+        "--rw=randwrite",
+        "--bs=8k",
+        "--iodepth=8",
+        "--size=8m",
+        "--verify=crc32c",
+        "--do_verify=1",
+        &format!("--cpus_allowed={cpu}"),
+        &format!("--isolated={cpu}"),
+        "--completion=poll",
+    ]);
+    let job = &report["jobs"][0];
+    assert_eq!(job["error"], 0, "{job}");
+    assert_eq!(job["write"]["io_bytes"], 8 << 20, "{job}");
+    // The verify pass read every block back.
+    assert_eq!(job["read"]["io_bytes"], 8 << 20, "{job}");
+}
+
+#[test]
+fn a_job_file_with_stonewall_runs_its_jobs_one_after_the_other() {
+    let cpu = cpu();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("two.fio");
+    std::fs::write(
+        &file,
+        format!(
+            "[global]\nthread\nfilename=sim,size=64M\nbs=4k\ncpus_allowed={cpu}\nisolated={cpu}\n\n\
+             [write]\nrw=write\nsize=4m\niodepth=4\n\n\
+             [read]\nstonewall\nrw=randread\nsize=4m\niodepth=32 ; deeper\n"
+        ),
+    )
+    .unwrap();
+    let report = fio(&[file.to_str().unwrap()]);
+    let jobs = report["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0]["jobname"], "write");
+    assert_eq!(jobs[0]["write"]["io_bytes"], 4 << 20, "{}", jobs[0]);
+    assert_eq!(jobs[1]["jobname"], "read");
+    assert_eq!(jobs[1]["read"]["io_bytes"], 4 << 20, "{}", jobs[1]);
+    // Stonewall: two groups.
+    assert_ne!(jobs[0]["groupid"], jobs[1]["groupid"]);
+}
+
+#[test]
+fn the_engine_refuses_process_mode_clearly() {
+    let engine = format!("--ioengine=external:{}", engine().display());
+    let output = Command::new("fio")
+        .args([
+            engine.as_str(),
+            "--name=noth",
+            "--filename=sim,size=16M",
+            "--rw=read",
+            "--size=1m",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        format!("{stdout}{stderr}").contains("--thread"),
+        "{stdout}{stderr}"
+    );
+}
