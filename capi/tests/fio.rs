@@ -30,7 +30,10 @@ fn fio(args: &[&str]) -> serde_json::Value {
         .expect("running fio (capi/fio/build.sh installs it)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "fio {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "fio {args:?} failed:\n{stdout}\n{stderr}"
+    );
     let json = &stdout[stdout.find('{').expect("fio printed JSON")..];
     serde_json::from_str(json).unwrap_or_else(|e| panic!("fio's JSON: {e}\n{stdout}"))
 }
