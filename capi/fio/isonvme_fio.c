@@ -237,9 +237,23 @@ static int fio_isonvme_setup(struct thread_data *td)
 	return 0;
 }
 
+/* Takes CPU `cpu`'s handle (an idle one, or the runtime's). */
+static int take_handle(struct device *dev, int cpu, isonvme_handle **out)
+{
+	if (cpu < 0 || cpu >= MAX_CPUS)
+		return ISONVME_ERROR_INVALID_ARGUMENT;
+	if (dev->idle[cpu]) {
+		*out = dev->idle[cpu];
+		dev->idle[cpu] = NULL;
+		return 0;
+	}
+	return isonvme_runtime_handle(dev->runtime, (uint32_t)cpu, out);
+}
+
 static int fio_isonvme_init(struct thread_data *td)
 {
 	struct job *job = calloc(1, sizeof(*job));
+	cpu_set_t allowed;
 	int cpu = sched_getcpu();
 	int code;
 
@@ -250,16 +264,30 @@ static int fio_isonvme_init(struct thread_data *td)
 	if (!job->device)
 		return 1;
 	pthread_mutex_lock(&devices_lock);
-	if (cpu >= 0 && cpu < MAX_CPUS && job->device->idle[cpu]) {
-		job->handle = job->device->idle[cpu];
-		job->device->idle[cpu] = NULL;
-		code = 0;
+	if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0 && CPU_COUNT(&allowed) > 1) {
+		/* Not pinned (no cpus_allowed=): the first CPU it may use whose
+		 * handle is free, and pinned there, as isonvme-bench places its
+		 * job threads; one job thread per CPU at a time. */
+		code = ISONVME_ERROR_INVALID_ARGUMENT;
+		for (int c = 0; c < MAX_CPUS && c < CPU_SETSIZE; c++) {
+			if (!CPU_ISSET(c, &allowed))
+				continue;
+			if (take_handle(job->device, c, &job->handle) == 0) {
+				cpu_set_t one;
+				CPU_ZERO(&one);
+				CPU_SET(c, &one);
+				sched_setaffinity(0, sizeof(one), &one);
+				cpu = c;
+				code = 0;
+				break;
+			}
+		}
 	} else {
-		code = isonvme_runtime_handle(job->device->runtime, (uint32_t)cpu, &job->handle);
+		code = take_handle(job->device, cpu, &job->handle);
 	}
 	pthread_mutex_unlock(&devices_lock);
 	if (code < 0) {
-		log_err("isonvme: job %s on CPU %d: %s; give each job thread its own CPU (cpus_allowed=, cpus_allowed_policy=split)\n",
+		log_err("isonvme: job %s: no free CPU handle (CPU %d: %s): each job thread needs a CPU of its own at a time; run fewer jobs at once or give them other CPUs (cpus_allowed=, cpus_allowed_policy=split)\n",
 			td->o.name, cpu, isonvme_last_error());
 		return 1;
 	}
