@@ -114,6 +114,7 @@ refuse-iommufd  expect_fail 'has no VFIO cdev' identify --device $BDF,iommufd
 vmtest          isonvme-vmtest all --device $BDF --namespaces 1,2 --expect-serial $SERIAL --cpus $SMP --isolated $ISOLATED --io-vectors 2
 bench-qd1       bench_qd1 $BDF $KBDF $BENCH_CPU $BENCH_RUNTIME
 bench-polled    bench_polled $BDF $KBDF $BENCH_RUNTIME
+fio-engine      fio_engine $BDF
 reset           isonvme-vmtest reset --device $BDF --namespaces 1 --cpus $SMP --isolated $ISOLATED --resets 5
 hot-unplug      hot_unplug $HBDF
 "
@@ -473,6 +474,9 @@ initramfs() {
         echo "/lib/modules/$name" >> "$stage/vmtest/modules"
     done
     for bin in "${BINS[@]}"; do cp "$bindir/${bin#*:}" "$stage/bin/"; done
+    if [ "$mode" != none ]; then
+        fio_into_initramfs "$stage"
+    fi
     if [ "$mode" = none ]; then
         printf '%s\n' "$NOIOMMU_CHECKS" > "$stage/vmtest/checks"
     else
@@ -484,6 +488,23 @@ initramfs() {
         > "$stage/vmtest/config"
     (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) > "$initrd"
     echo "initramfs: ${initrd#"$ROOT"/} ($(du -h "$initrd" | cut -f1))"
+}
+
+###############################################################################
+# fio, isonvme's ioengine and libisonvme.so, with the shared libraries they
+# load (the guest's userspace is static busybox otherwise), for the
+# fio-engine check. Builds the engine when it is missing.
+fio_into_initramfs() {
+    local stage=$1 engine=$ROOT/target/fio/libisonvme_fio.so lib
+    [ -f "$engine" ] && command -v fio >/dev/null || "$ROOT/capi/fio/build.sh"
+    mkdir -p "$stage/usr/bin" "$stage/usr/lib/isonvme"
+    cp "$(command -v fio)" "$stage/usr/bin/fio"
+    cp "$engine" "$stage/usr/lib/isonvme/"
+    cp "${CARGO_TARGET_DIR:-$ROOT/target}/release/libisonvme.so" "$stage/usr/lib/isonvme/"
+    for lib in $( (ldd "$(command -v fio)"; ldd "$engine") | grep -oE '/[^ ]+\.so[^ ]*' | sort -u); do
+        mkdir -p "$stage$(dirname "$lib")"
+        cp -L "$lib" "$stage$lib"
+    done
 }
 
 ###############################################################################
