@@ -504,12 +504,7 @@ impl Controller {
                 }
             }
         }
-        let wanted = u32::from(self.options.io_queues.max(1));
-        let completion = self.admin_command(
-            "Set Features (Number of Queues)",
-            SubmissionEntry::set_features_num_queues(wanted, wanted),
-        )?;
-        let (sqs, cqs) = num_queues_from_dw0(completion.dw0);
+        let (sqs, cqs) = self.ask_queue_count()?;
         *self.info.identify = identify;
         self.info.max_transfer = max_transfer;
         self.info.namespaces = namespaces;
@@ -726,22 +721,25 @@ impl Controller {
         if let Some(slot) = self.shadow.as_ref().and_then(|s| s.slot(qid, true, false)) {
             cq.use_shadow(slot);
         }
-        self.announce_io_cq(qid, depth, cq.iova(), vector)?;
+        self.announce_io_cq(qid, depth, cq.iova(), vector, None)?;
         Ok(cq)
     }
 
     /// Sends Create I/O Completion Queue for a ring that already exists on
-    /// the host (bring-up, and again after a controller reset).
+    /// the host (bring-up, and again after a controller reset, where
+    /// `bound` limits the wait without stopping the controller).
     pub(crate) fn announce_io_cq(
         &self,
         qid: u16,
         depth: u32,
         iova: u64,
         vector: Option<u16>,
+        bound: Option<Duration>,
     ) -> Result<()> {
-        self.admin_command(
+        self.admin_command_within(
             "Create I/O Completion Queue",
             SubmissionEntry::create_io_cq(qid, depth, iova, vector.unwrap_or(0), vector.is_some()),
+            bound,
         )
         .map(drop)
     }
@@ -762,18 +760,37 @@ impl Controller {
         if let Some(slot) = self.shadow.as_ref().and_then(|s| s.slot(qid, false, false)) {
             sq.use_shadow(slot);
         }
-        self.announce_io_sq(qid, depth, sq.iova(), cq_id)?;
+        self.announce_io_sq(qid, depth, sq.iova(), cq_id, None)?;
         Ok(sq)
     }
 
     /// Sends Create I/O Submission Queue for a ring that already exists on
     /// the host (bring-up, and again after a controller reset).
-    pub(crate) fn announce_io_sq(&self, qid: u16, depth: u32, iova: u64, cq_id: u16) -> Result<()> {
-        self.admin_command(
+    pub(crate) fn announce_io_sq(
+        &self,
+        qid: u16,
+        depth: u32,
+        iova: u64,
+        cq_id: u16,
+        bound: Option<Duration>,
+    ) -> Result<()> {
+        self.admin_command_within(
             "Create I/O Submission Queue",
             SubmissionEntry::create_io_sq(qid, depth, iova, cq_id, QueuePriority::Medium),
+            bound,
         )
         .map(drop)
+    }
+
+    /// Set Features (Number of Queues) with the count the options ask for;
+    /// returns the SQs and CQs granted.
+    fn ask_queue_count(&self) -> Result<(u32, u32)> {
+        let wanted = u32::from(self.options.io_queues.max(1));
+        let completion = self.admin_command(
+            "Set Features (Number of Queues)",
+            SubmissionEntry::set_features_num_queues(wanted, wanted),
+        )?;
+        Ok(num_queues_from_dw0(completion.dw0))
     }
 
     /// Controller reset, the second half (the kernel's `nvme_reset_work`):
@@ -806,12 +823,7 @@ impl Controller {
         if self.regs.csts().cfs() {
             return Err(Error::ControllerFatal);
         }
-        let wanted = u32::from(self.options.io_queues.max(1));
-        let completion = self.admin_command(
-            "Set Features (Number of Queues)",
-            SubmissionEntry::set_features_num_queues(wanted, wanted),
-        )?;
-        let (sqs, cqs) = num_queues_from_dw0(completion.dw0);
+        let (sqs, cqs) = self.ask_queue_count()?;
         if sqs < u32::from(self.info.granted_sqs) || cqs < u32::from(self.info.granted_cqs) {
             return Err(DeviceError::Unsupported(format!(
                 "after a reset the controller grants {sqs} SQs and {cqs} CQs, fewer than the {} and {} the queues were built for",

@@ -550,22 +550,39 @@ impl CpuHandle {
         offset: usize,
         len: usize,
     ) -> Result<usize> {
-        let mut entry = self.commands.entry_for(command, len)?;
-        let slot_index = *self.inflight.free.last().ok_or(Error::QueueFull)?;
-        let slot = &mut self.inflight.slots[usize::from(slot_index)];
+        let entry = self.commands.entry_for(command, len)?;
         let segment = Segment {
             iova: data.iova() + offset as u64,
             len,
         };
-        let prp = prp::build(
-            std::slice::from_ref(&segment),
-            &mut slot.prp_lists,
-            &self.pool,
-        )?;
-        entry.prp1 = prp.prp1;
-        entry.prp2 = prp.prp2;
+        self.place(entry, Some(segment), 0)
+    }
+
+    /// Describes `segment` (if any) in the PRP lists of the next free
+    /// slot, gives the entry that slot's command id and puts it in flight.
+    fn place(
+        &mut self,
+        mut entry: SubmissionEntry,
+        segment: Option<Segment>,
+        tag: u64,
+    ) -> Result<usize> {
+        let slot_index = *self.inflight.free.last().ok_or(Error::QueueFull)?;
+        if let Some(segment) = segment {
+            let slot = &mut self.inflight.slots[usize::from(slot_index)];
+            let prp = prp::build(
+                std::slice::from_ref(&segment),
+                &mut slot.prp_lists,
+                &self.pool,
+            )?;
+            entry.prp1 = prp.prp1;
+            entry.prp2 = prp.prp2;
+        }
         entry.set_cid(self.inflight.cid_base + slot_index);
-        self.enqueue(usize::from(slot_index), entry, 0)
+        // The epoch check in `enqueue` pairs (Acquire) with the watchdog's
+        // bump; a stale view at worst rings a queue that no longer exists,
+        // which the controller ignores, and the command is submitted again
+        // after the reset.
+        self.enqueue(usize::from(slot_index), entry, tag)
     }
 
     /// Puts a prepared entry in flight in the free slot `slot_index` (the
@@ -607,29 +624,13 @@ impl CpuHandle {
             self.pool.check_owns(buffer)?;
         }
         let data_len = buffer.map_or(0, DmaBuffer::len);
-        let mut entry = self.commands.entry_for(command, data_len)?;
-        let slot_index = *self.inflight.free.last().ok_or(Error::QueueFull)?;
-        let slot = &mut self.inflight.slots[usize::from(slot_index)];
+        let entry = self.commands.entry_for(command, data_len)?;
         let transfer = self.commands.transfer_len(command);
-        if let (Some(buffer), 1..) = (buffer, transfer) {
-            let segment = Segment {
-                iova: buffer.iova(),
-                len: transfer.min(buffer.len()),
-            };
-            let prp = prp::build(
-                std::slice::from_ref(&segment),
-                &mut slot.prp_lists,
-                &self.pool,
-            )?;
-            entry.prp1 = prp.prp1;
-            entry.prp2 = prp.prp2;
-        }
-        entry.set_cid(self.inflight.cid_base + slot_index);
-        // The epoch check in `enqueue` pairs (Acquire) with the watchdog's
-        // bump; a stale view at worst rings a queue that no longer exists,
-        // which the controller ignores, and the command is submitted again
-        // after the reset.
-        self.enqueue(usize::from(slot_index), entry, tag)
+        let segment = buffer.filter(|_| transfer > 0).map(|buffer| Segment {
+            iova: buffer.iova(),
+            len: transfer.min(buffer.len()),
+        });
+        self.place(entry, segment, tag)
     }
 
     /// Rings the doorbell once for everything submitted since the last

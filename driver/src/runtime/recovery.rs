@@ -201,35 +201,20 @@ impl QueueSpec {
     fn announce(&self, controller: &Controller, bound: Duration) -> Result<()> {
         // Within `bound`, without stopping the controller on a timeout:
         // the watchdog decides what follows.
-        let entry = match *self {
+        match *self {
             QueueSpec::Cq {
                 qid,
                 depth,
                 iova,
                 vector,
-            } => SubmissionEntry::create_io_cq(
-                qid,
-                depth,
-                iova,
-                vector.unwrap_or(0),
-                vector.is_some(),
-            ),
+            } => controller.announce_io_cq(qid, depth, iova, vector, Some(bound)),
             QueueSpec::Sq {
                 qid,
                 depth,
                 iova,
                 cq,
-            } => SubmissionEntry::create_io_sq(
-                qid,
-                depth,
-                iova,
-                cq,
-                crate::nvme::command::QueuePriority::Medium,
-            ),
-        };
-        controller
-            .admin_command_bounded("Create I/O Queue (after a reset)", entry, bound)
-            .map(drop)
+            } => controller.announce_io_sq(qid, depth, iova, cq, Some(bound)),
+        }
     }
 }
 

@@ -889,15 +889,7 @@ impl<'a> Writer<'a> {
         while self.in_flight.iter().any(Option::is_some) {
             self.wait_for_one()?;
         }
-        self.handle
-            .run(
-                IoCommand::Flush {
-                    nsid: self.geometry.nsid,
-                },
-                None,
-                self.geometry.timeout,
-            )
-            .map_err(|e| format!("flushing the journal: {e}"))?;
+        self.flush("the journal")?;
         let nanos = start.elapsed().as_nanos() as u64;
         self.stats.flushes.saturating_record(nanos.max(1));
         // The mark this Flush earned; durable with the next Flush.
@@ -929,6 +921,11 @@ impl<'a> Writer<'a> {
 
     /// The end of the run: makes the last durable mark durable too.
     fn seal_mark(&mut self) -> Result<()> {
+        self.flush("the journal's durable mark")
+    }
+
+    /// One Flush of the namespace; `what` names it in the error.
+    fn flush(&mut self, what: &str) -> Result<()> {
         self.handle
             .run(
                 IoCommand::Flush {
@@ -937,7 +934,7 @@ impl<'a> Writer<'a> {
                 None,
                 self.geometry.timeout,
             )
-            .map_err(|e| format!("flushing the journal's durable mark: {e}"))?;
+            .map_err(|e| format!("flushing {what}: {e}"))?;
         Ok(())
     }
 
