@@ -114,6 +114,64 @@ fn a_job_file_with_stonewall_runs_its_jobs_one_after_the_other() {
 }
 
 #[test]
+fn what_one_job_group_wrote_the_next_one_reads_back_and_verifies() {
+    // fio's surface-scan.fio: a write phase, then (stonewall) a read phase
+    // verifying it. The simulator's media lives in the runtime, so this
+    // holds only if the device stays open between the groups.
+    let cpu = cpu();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scan.fio");
+    std::fs::write(
+        &file,
+        format!(
+            "[global]\nthread\nfilename=sim,size=16M\nbs=64k\nverify=crc32c\n\
+             cpus_allowed={cpu}\nisolated={cpu}\n\n\
+             [write-phase]\nrw=write\nfill_device=1\ndo_verify=0\n\n\
+             [verify-phase]\nstonewall\nrw=read\ndo_verify=1\n"
+        ),
+    )
+    .unwrap();
+    let report = fio(&[file.to_str().unwrap()]);
+    let jobs = report["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0]["error"], 0, "{}", jobs[0]);
+    assert_eq!(jobs[0]["write"]["io_bytes"], 16 << 20, "{}", jobs[0]);
+    assert_eq!(jobs[1]["error"], 0, "{}", jobs[1]);
+    assert_eq!(jobs[1]["read"]["io_bytes"], 16 << 20, "{}", jobs[1]);
+}
+
+#[test]
+fn more_job_threads_than_cpus_take_turns_with_a_cpu_queue_and_verify() {
+    // Three job threads pinned to one CPU, then (stonewall) more unpinned
+    // job threads than there are CPUs: each writes its own 2 MiB with
+    // crc32c headers and reads it back, so a completion delivered to the
+    // wrong job thread fails the run.
+    let cpu = cpu();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let unpinned = 2 * cpus + 1;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("crowd.fio");
+    std::fs::write(
+        &file,
+        format!(
+            "[global]\nthread\nfilename=sim,size=64M\nrw=randwrite\nbs=4k\niodepth=8\n\
+             size=2m\noffset_increment=2m\nverify=crc32c\ndo_verify=1\ngroup_reporting=0\n\n\
+             [pinned]\ncpus_allowed={cpu}\nnumjobs=3\n\n\
+             [unpinned]\nstonewall\noffset=6m\nnumjobs={unpinned}\n"
+        ),
+    )
+    .unwrap();
+    let report = fio(&[file.to_str().unwrap()]);
+    let jobs = report["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 3 + unpinned);
+    for job in jobs {
+        assert_eq!(job["error"], 0, "{job}");
+        assert_eq!(job["write"]["io_bytes"], 2 << 20, "{job}");
+        assert_eq!(job["read"]["io_bytes"], 2 << 20, "{job}");
+    }
+}
+
+#[test]
 fn the_engine_refuses_process_mode_clearly() {
     let engine = format!("--ioengine=external:{}", engine().display());
     let output = Command::new("fio")
