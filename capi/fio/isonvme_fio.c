@@ -146,8 +146,9 @@ struct job {
 	int swapped;
 };
 
-/* What an io_u carries: its DMA buffer and the job it belongs to, so a
- * completion reaped by any job thread finds its way home. */
+/* What an io_u carries: its DMA buffer and the job that submitted it
+ * (with io_submit_mode=offload, a worker of the job's), so a completion
+ * reaped by any job thread on the CPU finds its way back. */
 struct io_u_data {
 	isonvme_buffer *buffer;
 	struct job *job;
@@ -286,6 +287,12 @@ static int fio_isonvme_setup(struct thread_data *td)
 		log_err("isonvme: run fio with --thread (thread=1): job threads share the device's runtime\n");
 		return 1;
 	}
+	if (td->o.io_submit_mode == IO_MODE_OFFLOAD) {
+		/* Offload hands each io_u to a pool of fio worker threads: the
+		 * submitting thread would not be the job's CPU's thread. */
+		log_err("isonvme: io_submit_mode=offload is not supported: isonvme submits from the job thread's own CPU queue; use io_submit_mode=inline (the default) with rate_iops=\n");
+		return 1;
+	}
 	if (td->o.nr_files != 1) {
 		log_err("isonvme: one device per job (filename=), not %u\n", td->o.nr_files);
 		return 1;
@@ -374,7 +381,7 @@ static int fio_isonvme_init(struct thread_data *td)
 			atomic_store(&queue->shared, 1);
 			job->locked = 1;
 		}
-		if (queue->users++ >= 1)
+		if (queue->users++ == 1)
 			log_info("isonvme: job %s shares CPU %d's queue with another job thread (more job threads than CPUs for them: their latencies include waiting for each other)\n",
 				 td->o.name, cpu);
 	}
@@ -436,7 +443,6 @@ static int fio_isonvme_io_u_init(struct thread_data *td, struct io_u *io_u)
 		error_out(td, "allocating a DMA buffer", code);
 		return 1;
 	}
-	data->job = job;
 	io_u->engine_data = data;
 	return 0;
 }
@@ -503,6 +509,7 @@ static enum fio_q_status fio_isonvme_queue(struct thread_data *td, struct io_u *
 		io_u->error = EINVAL;
 		return FIO_Q_COMPLETED;
 	}
+	((struct io_u_data *)io_u->engine_data)->job = job;
 	queue_enter(job);
 	switch (io_u->ddir) {
 	case DDIR_READ:

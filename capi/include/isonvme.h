@@ -152,6 +152,39 @@ typedef struct {
   uint64_t resets;
 } isonvme_isolation_report;
 
+// What error recovery did so far (the runtime's watchdog: timeouts,
+// Aborts, controller resets).
+typedef struct {
+  // Commands found past their deadline (command_timeout_ms).
+  uint64_t timeouts;
+  // Abort commands sent for them.
+  uint64_t aborts_sent;
+  // Aborts the controller reported as done (the command then completed
+  // with "command abort requested" and was retried).
+  uint64_t aborts_done;
+  // Controller resets started (timeouts, fatal status, requests).
+  uint64_t resets;
+  // Fatal controller statuses (CSTS.CFS) seen.
+  uint64_t fatal_status;
+  // The last completed reset, disable to queues back, in microseconds.
+  uint64_t last_reset_micros;
+  // The longest completed reset, in microseconds.
+  uint64_t max_reset_micros;
+} isonvme_recovery_counters;
+
+// One asynchronous event the controller reported (its log page was read,
+// which clears it, and the request re-armed).
+typedef struct {
+  // Asynchronous Event Type: 0 error, 1 SMART/health, 2 notice,
+  // 3 immediate, 4 one-shot, 6 I/O command set specific, 7 vendor.
+  uint8_t event_type;
+  // Asynchronous Event Information (e.g. for a notice: 0 namespace
+  // attribute changed, 1 firmware activation starting).
+  uint8_t info;
+  // The log page that describes it.
+  uint8_t log_page;
+} isonvme_async_event;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -438,6 +471,32 @@ int32_t isonvme_runtime_reset(const isonvme_runtime *runtime,
 // # Safety
 // `runtime` is NULL or live.
 int32_t isonvme_runtime_device_state(const isonvme_runtime *runtime);
+
+// What error recovery did so far.
+//
+// # Safety
+// `runtime` is live; `out` writable.
+int32_t isonvme_runtime_recovery(const isonvme_runtime *runtime, isonvme_recovery_counters *out);
+
+// Moves up to `capacity` asynchronous events the controller reported
+// since the last call into `out`, oldest first; returns how many (events
+// that did not fit stay for the next call), or a negative error. Any
+// thread; not on the I/O path (it takes a lock).
+//
+// # Safety
+// `runtime` is live; `out` points to `capacity` writable events.
+int32_t isonvme_runtime_async_events(const isonvme_runtime *runtime,
+                                     isonvme_async_event *out,
+                                     uintptr_t capacity);
+
+// Writes a readable text of an asynchronous event into `out` (`len`
+// bytes, NUL-terminated, truncated to fit). Returns the whole text's
+// length.
+//
+// # Safety
+// `event` is NULL or readable; `out` is NULL or points to `len` writable
+// bytes.
+uintptr_t isonvme_async_event_string(const isonvme_async_event *event, char *out, uintptr_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -111,6 +111,9 @@ pub struct isonvme_controller {
 /// threads on housekeeping CPUs.
 pub struct isonvme_runtime {
     runtime: Runtime,
+    /// Asynchronous events taken from the controller that did not fit the
+    /// caller's array yet, delivered first by the next call.
+    events: std::sync::Mutex<std::collections::VecDeque<isonvme::events::AsyncEvent>>,
 }
 
 /// One CPU's queue: submit, ring and poll without locks or system calls.
@@ -224,6 +227,43 @@ pub struct isonvme_isolation_report {
     pub resets: u64,
 }
 
+/// What error recovery did so far (the runtime's watchdog: timeouts,
+/// Aborts, controller resets).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct isonvme_recovery_counters {
+    /// Commands found past their deadline (command_timeout_ms).
+    pub timeouts: u64,
+    /// Abort commands sent for them.
+    pub aborts_sent: u64,
+    /// Aborts the controller reported as done (the command then completed
+    /// with "command abort requested" and was retried).
+    pub aborts_done: u64,
+    /// Controller resets started (timeouts, fatal status, requests).
+    pub resets: u64,
+    /// Fatal controller statuses (CSTS.CFS) seen.
+    pub fatal_status: u64,
+    /// The last completed reset, disable to queues back, in microseconds.
+    pub last_reset_micros: u64,
+    /// The longest completed reset, in microseconds.
+    pub max_reset_micros: u64,
+}
+
+/// One asynchronous event the controller reported (its log page was read,
+/// which clears it, and the request re-armed).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct isonvme_async_event {
+    /// Asynchronous Event Type: 0 error, 1 SMART/health, 2 notice,
+    /// 3 immediate, 4 one-shot, 6 I/O command set specific, 7 vendor.
+    pub event_type: u8,
+    /// Asynchronous Event Information (e.g. for a notice: 0 namespace
+    /// attribute changed, 1 firmware activation starting).
+    pub info: u8,
+    /// The log page that describes it.
+    pub log_page: u8,
+}
+
 /// The library version ("0.1.0").
 #[no_mangle]
 pub extern "C" fn isonvme_version() -> *const c_char {
@@ -268,6 +308,16 @@ pub unsafe extern "C" fn isonvme_status_string(status: u16, out: *mut c_char, le
         None => "success".to_owned(),
         Some(status) => status.to_string(),
     };
+    // SAFETY: the caller's contract, passed on.
+    unsafe { write_text(&text, out, len) }
+}
+
+/// Copies `text` into `out` (`len` bytes, NUL-terminated, truncated to
+/// fit); returns the whole text's length.
+///
+/// # Safety
+/// `out` is NULL or points to `len` writable bytes.
+unsafe fn write_text(text: &str, out: *mut c_char, len: usize) -> usize {
     if !out.is_null() && len > 0 {
         let n = text.len().min(len - 1);
         // SAFETY: the caller's contract: `out` has `len` bytes; n < len.
@@ -487,7 +537,12 @@ pub unsafe extern "C" fn isonvme_runtime_open(
         match Runtime::open(controller, opts) {
             Ok(runtime) => {
                 // SAFETY: checked non-NULL.
-                unsafe { out.write(Box::into_raw(Box::new(isonvme_runtime { runtime }))) };
+                unsafe {
+                    out.write(Box::into_raw(Box::new(isonvme_runtime {
+                        runtime,
+                        events: Default::default(),
+                    })))
+                };
                 0
             }
             Err(error) => fail(&error),
@@ -1245,4 +1300,105 @@ pub unsafe extern "C" fn isonvme_runtime_device_state(runtime: *const isonvme_ru
         Some(DeviceState::Failed) => 2,
         None => -1,
     }
+}
+
+/// What error recovery did so far.
+///
+/// # Safety
+/// `runtime` is live; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn isonvme_runtime_recovery(
+    runtime: *const isonvme_runtime,
+    out: *mut isonvme_recovery_counters,
+) -> i32 {
+    use std::sync::atomic::Ordering::Relaxed;
+    guard(|| {
+        // SAFETY: NULL or live.
+        let Some(runtime) = (unsafe { runtime.as_ref() }) else {
+            return invalid("runtime is NULL");
+        };
+        if out.is_null() {
+            return invalid("out is NULL");
+        }
+        let r = runtime.runtime.recovery();
+        let counters = isonvme_recovery_counters {
+            timeouts: r.timeouts.load(Relaxed),
+            aborts_sent: r.aborts_sent.load(Relaxed),
+            aborts_done: r.aborts_done.load(Relaxed),
+            resets: r.resets.load(Relaxed),
+            fatal_status: r.fatal_status.load(Relaxed),
+            last_reset_micros: r.last_reset_micros.load(Relaxed),
+            max_reset_micros: r.max_reset_micros.load(Relaxed),
+        };
+        // SAFETY: checked non-NULL.
+        unsafe { out.write(counters) };
+        0
+    })
+}
+
+/// Moves up to `capacity` asynchronous events the controller reported
+/// since the last call into `out`, oldest first; returns how many (events
+/// that did not fit stay for the next call), or a negative error. Any
+/// thread; not on the I/O path (it takes a lock).
+///
+/// # Safety
+/// `runtime` is live; `out` points to `capacity` writable events.
+#[no_mangle]
+pub unsafe extern "C" fn isonvme_runtime_async_events(
+    runtime: *const isonvme_runtime,
+    out: *mut isonvme_async_event,
+    capacity: usize,
+) -> i32 {
+    guard(|| {
+        // SAFETY: NULL or live.
+        let Some(runtime) = (unsafe { runtime.as_ref() }) else {
+            return invalid("runtime is NULL");
+        };
+        if out.is_null() && capacity > 0 {
+            return invalid("out is NULL");
+        }
+        let mut pending = runtime
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pending.extend(runtime.runtime.async_events());
+        let count = pending.len().min(capacity).min(i32::MAX as usize);
+        for (i, event) in pending.drain(..count).enumerate() {
+            let event_type = (event.to_dw0() & 0x7) as u8;
+            // SAFETY: i < count <= capacity, the caller's array length.
+            unsafe {
+                out.add(i).write(isonvme_async_event {
+                    event_type,
+                    info: event.info,
+                    log_page: event.log_page,
+                })
+            };
+        }
+        count as i32
+    })
+}
+
+/// Writes a readable text of an asynchronous event into `out` (`len`
+/// bytes, NUL-terminated, truncated to fit). Returns the whole text's
+/// length.
+///
+/// # Safety
+/// `event` is NULL or readable; `out` is NULL or points to `len` writable
+/// bytes.
+#[no_mangle]
+pub unsafe extern "C" fn isonvme_async_event_string(
+    event: *const isonvme_async_event,
+    out: *mut c_char,
+    len: usize,
+) -> usize {
+    // SAFETY: NULL or readable.
+    let Some(event) = (unsafe { event.as_ref() }) else {
+        return 0;
+    };
+    let dw0 = u32::from(event.event_type & 0x7)
+        | (u32::from(event.info) << 8)
+        | (u32::from(event.log_page) << 16);
+    let text = isonvme::events::AsyncEvent::from_dw0(dw0).to_string();
+    // SAFETY: the caller's contract, passed on.
+    unsafe { write_text(&text, out, len) }
 }

@@ -1,7 +1,9 @@
 /* The C API's contract at its edges: NULLs and bad values give error
  * codes and messages, never a crash; buffers in flight are protected. */
+#define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "isonvme.h"
 
@@ -32,7 +34,9 @@ int main(void)
 	CHECK(isonvme_runtime_close(NULL) == 0);
 	CHECK(strstr(isonvme_strerror(ISONVME_ERROR_DEVICE_REMOVED), "removed") != NULL);
 
-	CHECK(isonvme_controller_open("sim,size=4M", NULL, &controller) == 0);
+	/* The simulator raises two asynchronous events along the way. */
+	CHECK(isonvme_controller_open("sim,size=4M,fault=event:ns-changed@2+event:health@3", NULL,
+				      &controller) == 0);
 	isonvme_runtime_options options;
 	isonvme_runtime_options_default(&options);
 	options.isolated = "1";
@@ -78,9 +82,33 @@ int main(void)
 	char text[96];
 	isonvme_status_string(0x4002 | (1 << 8), text, sizeof text);
 	CHECK(strstr(text, "do not retry") != NULL);
+	/* The events, one at a time (the second waits for the next call). */
+	isonvme_async_event events[2];
+	int got = 0;
+	CHECK(isonvme_runtime_async_events(runtime, NULL, 1) == ISONVME_ERROR_INVALID_ARGUMENT);
+	for (int tries = 0; got < 2 && tries < 5000; tries++) {
+		int more = isonvme_runtime_async_events(runtime, &events[got], 1);
+		CHECK(more == 0 || more == 1);
+		got += more > 0 ? more : 0;
+		nanosleep(&(struct timespec){ .tv_nsec = 1000000 }, NULL);
+	}
+	CHECK(got == 2);
+	CHECK(isonvme_runtime_async_events(runtime, events, 2) == 0);
+	CHECK(events[0].event_type == 2 && events[0].info == 0 && events[0].log_page == 0x04);
+	CHECK(events[1].event_type == 1 && events[1].log_page == 0x02);
+	isonvme_async_event_string(&events[0], text, sizeof text);
+	CHECK(strstr(text, "namespace attribute changed") != NULL);
+	isonvme_async_event_string(&events[1], text, sizeof text);
+	CHECK(strstr(text, "health") != NULL);
 	uint64_t micros = 0;
 	CHECK(isonvme_runtime_reset(runtime, 10000, &micros) == 0 && micros > 0);
 	CHECK(isonvme_run(handle, 2, 1, 0, 1, buffer, 5000000, NULL) == 0); /* after the reset */
+	isonvme_recovery_counters recovery;
+	CHECK(isonvme_runtime_recovery(NULL, &recovery) == ISONVME_ERROR_INVALID_ARGUMENT);
+	CHECK(isonvme_runtime_recovery(runtime, NULL) == ISONVME_ERROR_INVALID_ARGUMENT);
+	CHECK(isonvme_runtime_recovery(runtime, &recovery) == 0);
+	CHECK(recovery.resets == 1 && recovery.timeouts == 0 && recovery.aborts_sent == 0);
+	CHECK(recovery.last_reset_micros > 0 && recovery.max_reset_micros >= recovery.last_reset_micros);
 	CHECK(isonvme_buffer_free(buffer) == 0);
 	isonvme_handle_free(handle);
 	CHECK(isonvme_runtime_close(runtime) == 0);

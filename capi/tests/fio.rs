@@ -191,3 +191,32 @@ fn the_engine_refuses_process_mode_clearly() {
         "{stdout}{stderr}"
     );
 }
+
+#[test]
+fn the_engine_refuses_offloaded_submission_clearly() {
+    // fio's io_submit_mode=offload submits from a pool of worker threads,
+    // not from the job thread's CPU queue.
+    let engine = format!("--ioengine=external:{}", engine().display());
+    let output = Command::new("fio")
+        .args([
+            engine.as_str(),
+            "--thread",
+            "--name=offload",
+            "--filename=sim,size=16M",
+            "--rw=read",
+            "--size=1m",
+            "--io_submit_mode=offload",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("io_submit_mode=offload is not supported"),
+        "{text}"
+    );
+}
