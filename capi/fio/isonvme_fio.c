@@ -22,6 +22,9 @@
  * (Debian's fio 3.33 and its source package).
  */
 #include <errno.h>
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <pthread.h>
 #include <sched.h>
@@ -98,11 +101,16 @@ static struct fio_option options[] = {
  *
  * A CPU's only job thread uses the handle without the lock: one thread
  * per CPU is the case that is measured, and a mutex on every submit and
- * poll cost 3% of QD32 IOPS on the simulator. A second job thread that
- * joins sets `shared`; the first one sees it at its next call into the
- * engine (an acquire load, free on x86), takes the lock from then on and
- * sets `owner_switched` (release); the newcomer touches the handle only
- * after seeing that, so the two never use it at once. */
+ * poll cost 3% of QD32 IOPS on the simulator. That thread marks each call
+ * in `owner_in_call` (plain stores and a compiler fence) and checks
+ * `shared`. A job thread that joins sets `shared`, runs membarrier(2)
+ * (every thread of the process passes a full barrier: the asymmetric
+ * Dekker pattern of userspace RCU), then waits for `owner_in_call` to
+ * drop: either the owner's check saw `shared` and it locks from then on,
+ * or the joiner sees the call in progress and waits for its end. The wait
+ * is for one engine call, never for the owner's next one (which may not
+ * come while fio's own locks, e.g. zbd's zone locks, hold it). Without
+ * membarrier every job thread locks. */
 struct cpu_queue {
 	pthread_mutex_t lock;
 	isonvme_handle *handle;
@@ -110,9 +118,18 @@ struct cpu_queue {
 	int users;
 	/* Ever had two job threads at once: everyone locks (never cleared). */
 	atomic_int shared;
-	/* The thread that used it without the lock no longer does. */
-	atomic_int owner_switched;
+	/* The thread using it without the lock is inside an engine call. */
+	atomic_int owner_in_call;
 };
+
+/* membarrier(2) registered: a CPU's only job thread may go without the
+ * lock. */
+static int lock_free_owner;
+
+static void register_membarrier(void)
+{
+	lock_free_owner = syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+}
 
 struct device {
 	char *name;
@@ -132,6 +149,8 @@ struct job {
 	struct cpu_queue *queue;
 	/* Takes queue->lock around every use of the handle. */
 	int locked;
+	/* Joined a CPU whose first thread may still be in an unlocked call. */
+	int wait_for_owner;
 	int cpu;
 	/* Handed to fio by getevents(), read back by event(). */
 	struct io_u **events;
@@ -193,6 +212,8 @@ static struct device *device_get(struct thread_data *td, const char *file_name)
 	struct device *dev;
 	int code;
 
+	static pthread_once_t membarrier_once = PTHREAD_ONCE_INIT;
+	pthread_once(&membarrier_once, register_membarrier);
 	pthread_mutex_lock(&devices_lock);
 	for (dev = devices; dev; dev = dev->next)
 		if (!strcmp(dev->name, name))
@@ -372,14 +393,12 @@ static int fio_isonvme_init(struct thread_data *td)
 	job->queue = cpu_queue(job->device, cpu);
 	if (job->queue) {
 		struct cpu_queue *queue = job->queue;
-		if (atomic_load(&queue->shared)) {
-			job->locked = 1;
-		} else if (queue->users == 0) {
+		if (queue->users == 0 && !atomic_load(&queue->shared) && lock_free_owner) {
 			/* Alone on the CPU: no lock until someone joins. */
-			atomic_store(&queue->owner_switched, 0);
 		} else {
 			atomic_store(&queue->shared, 1);
 			job->locked = 1;
+			job->wait_for_owner = lock_free_owner;
 		}
 		if (queue->users++ == 1)
 			log_info("isonvme: job %s shares CPU %d's queue with another job thread (more job threads than CPUs for them: their latencies include waiting for each other)\n",
@@ -389,6 +408,14 @@ static int fio_isonvme_init(struct thread_data *td)
 	if (!job->queue) {
 		log_err("isonvme: job %s: no queue for CPU %d\n", td->o.name, cpu);
 		return 1;
+	}
+	if (job->wait_for_owner) {
+		/* `shared` is visible to the owner's next check, or its call in
+		 * progress is visible here: wait for that call to end (the
+		 * owner runs on this CPU, so sleep to let it). */
+		syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+		while (atomic_load_explicit(&job->queue->owner_in_call, memory_order_acquire))
+			usleep(10);
 	}
 	job->cpu = cpu;
 	job->depth = td->o.iodepth;
@@ -404,18 +431,15 @@ static void queue_enter(struct job *job)
 	struct cpu_queue *queue = job->queue;
 
 	if (!job->locked) {
-		if (!atomic_load_explicit(&queue->shared, memory_order_acquire))
+		atomic_store_explicit(&queue->owner_in_call, 1, memory_order_relaxed);
+		/* Orders the store before the load against a joiner's
+		 * membarrier(); costs nothing at run time. */
+		atomic_signal_fence(memory_order_seq_cst);
+		if (!atomic_load_explicit(&queue->shared, memory_order_relaxed))
 			return;
-		/* Someone joined: lock from now on, and tell them (release:
-		 * everything this thread did unlocked happens before their
-		 * first use). */
+		/* Someone joined: lock from now on. */
+		atomic_store_explicit(&queue->owner_in_call, 0, memory_order_release);
 		job->locked = 1;
-		atomic_store_explicit(&queue->owner_switched, 1, memory_order_release);
-	} else {
-		/* Joined an owner that may still be inside an unlocked call:
-		 * wait (on its CPU, so yield to it) until it switched. */
-		while (!atomic_load_explicit(&queue->owner_switched, memory_order_acquire))
-			sched_yield();
 	}
 	pthread_mutex_lock(&queue->lock);
 }
@@ -425,6 +449,9 @@ static void queue_leave(struct job *job)
 {
 	if (job->locked)
 		pthread_mutex_unlock(&job->queue->lock);
+	else
+		/* Release: what this call did happens before a joiner's use. */
+		atomic_store_explicit(&job->queue->owner_in_call, 0, memory_order_release);
 }
 
 static int fio_isonvme_io_u_init(struct thread_data *td, struct io_u *io_u)
@@ -653,9 +680,6 @@ static void fio_isonvme_cleanup(struct thread_data *td)
 		 * (stonewall) until fio exits. */
 		pthread_mutex_lock(&devices_lock);
 		job->queue->users--;
-		/* Done with it: a job thread waiting to join may go on. */
-		if (!job->locked)
-			atomic_store_explicit(&job->queue->owner_switched, 1, memory_order_release);
 		pthread_mutex_unlock(&devices_lock);
 	}
 	free(job->events);
