@@ -802,6 +802,13 @@ impl Controller {
     pub(crate) fn reinitialize(&self) -> Result<()> {
         let mmio = &self.regs.mmio;
         let mut admin = self.admin();
+        // What the controller posted before it stopped (it no longer
+        // writes): an asynchronous event among it was handed out and is
+        // reported after the reset, as the kernel's nvme_dev_disable reaps
+        // pending admin completions. Anything else had no waiter left.
+        while let Some(entry) = admin.cq.pop() {
+            admin.take_aer(&entry);
+        }
         admin.sq.reset();
         admin.cq.reset();
         admin.next_cid = 0;

@@ -384,6 +384,34 @@ fn asynchronous_events_are_reported_and_the_requests_rearmed() {
 }
 
 #[test]
+fn an_asynchronous_event_posted_just_before_a_reset_is_still_reported() {
+    let _serial = serial();
+    // The event comes with the first write; the reset follows at once,
+    // before the watchdog's next tick (4 ms) would service it.
+    let runtime = start("sim,size=1M,fault=event:ns-changed@1", modes().remove(0).1);
+    let mut handle = runtime.handle(2).unwrap();
+    let buffer = handle.pool().alloc(4096).unwrap();
+    let write = IoCommand::Write {
+        nsid: 1,
+        lba: 0,
+        blocks: 1,
+    };
+    handle
+        .run(write, Some(buffer), Duration::from_secs(5))
+        .unwrap();
+    runtime.reset_controller(Duration::from_secs(10)).unwrap();
+    let mut events = Vec::new();
+    let start = Instant::now();
+    while events.is_empty() && start.elapsed() < Duration::from_secs(5) {
+        events.extend(runtime.async_events());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(events, [AsyncEvent::NAMESPACE_CHANGED]);
+    drop(handle);
+    runtime.close().unwrap();
+}
+
+#[test]
 fn a_hot_unplug_request_stops_the_controller_and_fails_what_is_in_flight() {
     let _serial = serial();
     // Reads take 20 ms, so the request finds commands in flight.
