@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use isonvme::mapping::{CpuSet, Topology, TopologySpec};
+mod common;
+
+use common::{set, smt_pairs};
+use isonvme::mapping::Topology;
 use isonvme::nvme::{NvmeStatus, StatusCode};
 use isonvme::runtime::{
     CompletionMode, CpuHandle, DeviceState, InlineCpus, Runtime, RuntimeOptions,
@@ -14,21 +17,9 @@ use isonvme::runtime::{
 use isonvme::sim::SimController;
 use isonvme::{AsyncEvent, Controller, ControllerOptions, Error, IoCommand};
 
-fn set(list: &str) -> CpuSet {
-    list.parse().unwrap()
-}
-
 /// 4 CPUs, one node, SMT pairs (n, n+2); CPUs 2-3 isolated.
 fn four_cpus() -> Topology {
-    Topology::new(TopologySpec {
-        possible: set("0-3"),
-        present: set("0-3"),
-        online: set("0-3"),
-        nodes: BTreeMap::from([(0, set("0-3"))]),
-        siblings: (0..2).map(|c| set(&format!("{c},{}", c + 2))).collect(),
-        clusters: None,
-    })
-    .unwrap()
+    smt_pairs(4, 1)
 }
 
 /// The ways a CPU's completions can be served.

@@ -7,6 +7,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{set, smt_pairs};
 use isonvme::mapping::{CpuSet, Topology, TopologySpec};
 use isonvme::runtime::{
     CompletionMode, CpuHandle, InlineCpus, ManualOnline, Runtime, RuntimeOptions, VectorCounters,
@@ -14,21 +17,9 @@ use isonvme::runtime::{
 use isonvme::sim::SimController;
 use isonvme::{Controller, ControllerOptions, IoCommand};
 
-fn set(list: &str) -> CpuSet {
-    list.parse().unwrap()
-}
-
 /// 8 CPUs on 2 nodes (0-3, 4-7), SMT pairs (n, n+4).
 fn eight_cpus() -> Topology {
-    Topology::new(TopologySpec {
-        possible: set("0-7"),
-        present: set("0-7"),
-        online: set("0-7"),
-        nodes: BTreeMap::from([(0, set("0-3")), (1, set("4-7"))]),
-        siblings: (0..4).map(|c| set(&format!("{c},{}", c + 4))).collect(),
-        clusters: None,
-    })
-    .unwrap()
+    smt_pairs(8, 2)
 }
 
 fn start(sim_options: &str, options: RuntimeOptions) -> (Arc<SimController>, Runtime) {
