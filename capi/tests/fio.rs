@@ -22,8 +22,9 @@ fn engine() -> PathBuf {
 /// Runs fio with `args` and the engine; returns its JSON report.
 fn fio(args: &[&str]) -> serde_json::Value {
     let engine = format!("--ioengine=external:{}", engine().display());
+    let json = args.iter().any(|a| a.starts_with("--output-format"));
     let output = Command::new("fio")
-        .arg("--output-format=json")
+        .args((!json).then_some("--output-format=json"))
         .arg(&engine)
         .args(args)
         .output()
@@ -169,6 +170,43 @@ fn more_job_threads_than_cpus_take_turns_with_a_cpu_queue_and_verify() {
         assert_eq!(job["write"]["io_bytes"], 2 << 20, "{job}");
         assert_eq!(job["read"]["io_bytes"], 2 << 20, "{job}");
     }
+}
+
+#[test]
+fn bssplit_rate_and_latency_logs_work_through_the_engine() {
+    // fio's own features on top of the engine: mixed block sizes, a rate
+    // limit, per-I/O latency logs and json+ histograms.
+    let cpu = cpu();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("lat");
+    let report = fio(&[
+        "--output-format=json+",
+        "--thread",
+        "--name=mixed",
+        "--filename=sim,size=64M",
+        "--rw=randread",
+        "--bssplit=4k/50:64k/50",
+        "--iodepth=4",
+        "--number_ios=400",
+        "--rate_iops=4000",
+        &format!("--write_lat_log={}", prefix.display()),
+        "--log_avg_msec=0",
+        &format!("--cpus_allowed={cpu}"),
+        &format!("--isolated={cpu}"),
+    ]);
+    let job = &report["jobs"][0];
+    assert_eq!(job["error"], 0, "{job}");
+    assert_eq!(job["read"]["total_ios"], 400, "{job}");
+    // Both block sizes were used: the bytes lie strictly between all-4k
+    // and all-64k.
+    let bytes = job["read"]["io_bytes"].as_u64().unwrap();
+    assert!(bytes > 400 * 4096 && bytes < 400 * 65536, "{bytes}");
+    // 400 I/Os at 4000 IOPS take at least ~100 ms.
+    assert!(job["read"]["runtime"].as_u64().unwrap() >= 90, "{job}");
+    assert!(job["read"]["clat_ns"]["bins"].is_object(), "json+ bins");
+    // One line per I/O in the completion-latency log.
+    let log = std::fs::read_to_string(dir.path().join("lat_clat.1.log")).unwrap();
+    assert_eq!(log.lines().count(), 400);
 }
 
 #[test]
