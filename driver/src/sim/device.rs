@@ -308,10 +308,13 @@ impl Device {
         if !self.enabled || self.fatal || self.shut_down {
             return active;
         }
-        let mem = self.shared.iommu.memory();
-        active |= self.read_doorbells(&mem);
+        active |= self.read_doorbells(&self.shared.iommu.memory());
         // Queue entries written before a doorbell are visible after it.
         fence(Ordering::Acquire);
+        // The DMA map as of after the doorbells: a buffer the host mapped
+        // just before writing the entry that uses it is in it (an earlier
+        // snapshot made such a command fail with a data transfer error).
+        let mem = self.shared.iommu.memory();
         active |= self.post_due(&mem, now);
         active |= self.post_spurious(&mem);
         active |= self.post_events(&mem);
