@@ -23,7 +23,10 @@ fn engine() -> PathBuf {
 fn fio(args: &[&str]) -> serde_json::Value {
     let engine = format!("--ioengine=external:{}", engine().display());
     let json = args.iter().any(|a| a.starts_with("--output-format"));
+    // fio leaves files (verify state) in its working directory.
+    let scratch = tempfile::tempdir().unwrap();
     let output = Command::new("fio")
+        .current_dir(scratch.path())
         .args((!json).then_some("--output-format=json"))
         .arg(&engine)
         .args(args)

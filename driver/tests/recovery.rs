@@ -185,6 +185,18 @@ fn eventually(done: impl Fn() -> bool) {
     }
 }
 
+/// The runtime's asynchronous events once `count` have come, or what came
+/// within 5 s.
+fn wait_for_events(runtime: &Runtime, count: usize) -> Vec<AsyncEvent> {
+    let mut events = Vec::new();
+    let start = Instant::now();
+    while events.len() < count && start.elapsed() < Duration::from_secs(5) {
+        events.extend(runtime.async_events());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    events
+}
+
 fn counter(value: &std::sync::atomic::AtomicU64) -> u64 {
     value.load(Ordering::Relaxed)
 }
@@ -352,12 +364,7 @@ fn asynchronous_events_are_reported_and_the_requests_rearmed() {
     let mut handle = runtime.handle(2).unwrap();
     let outcome = write_all(&mut handle);
     assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
-    let mut events = Vec::new();
-    let start = Instant::now();
-    while events.len() < 5 && start.elapsed() < Duration::from_secs(5) {
-        events.extend(runtime.async_events());
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let events = wait_for_events(&runtime, 5);
     // In order, each once; five events through four outstanding requests
     // (AERL + 1) prove the requests are sent again.
     assert_eq!(
@@ -391,12 +398,7 @@ fn an_asynchronous_event_posted_just_before_a_reset_is_still_reported() {
         .run(write, Some(buffer), Duration::from_secs(5))
         .unwrap();
     runtime.reset_controller(Duration::from_secs(10)).unwrap();
-    let mut events = Vec::new();
-    let start = Instant::now();
-    while events.is_empty() && start.elapsed() < Duration::from_secs(5) {
-        events.extend(runtime.async_events());
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let events = wait_for_events(&runtime, 1);
     assert_eq!(events, [AsyncEvent::NAMESPACE_CHANGED]);
     drop(handle);
     runtime.close().unwrap();
