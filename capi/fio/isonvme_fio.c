@@ -149,9 +149,6 @@ struct job {
 	struct cpu_queue *queue;
 	/* Takes queue->lock around every use of the handle. */
 	int locked;
-	/* Joined a CPU whose first thread may still be in an unlocked call. */
-	int wait_for_owner;
-	int cpu;
 	/* Handed to fio by getevents(), read back by event(). */
 	struct io_u **events;
 	/* This job's completions reaped by another job thread on its CPU,
@@ -360,6 +357,7 @@ static int fio_isonvme_init(struct thread_data *td)
 	struct job *job = calloc(1, sizeof(*job));
 	cpu_set_t allowed;
 	int cpu = sched_getcpu();
+	int wait_for_owner = 0;
 
 	if (!job)
 		return 1;
@@ -393,12 +391,13 @@ static int fio_isonvme_init(struct thread_data *td)
 	job->queue = cpu_queue(job->device, cpu);
 	if (job->queue) {
 		struct cpu_queue *queue = job->queue;
-		if (queue->users == 0 && !atomic_load(&queue->shared) && lock_free_owner) {
-			/* Alone on the CPU: no lock until someone joins. */
-		} else {
+		/* Alone on the CPU, it goes without the lock until someone
+		 * joins; a joiner locks, and waits out the call a lock-free
+		 * owner may be in. */
+		if (queue->users > 0 || atomic_load(&queue->shared) || !lock_free_owner) {
 			atomic_store(&queue->shared, 1);
 			job->locked = 1;
-			job->wait_for_owner = lock_free_owner;
+			wait_for_owner = lock_free_owner;
 		}
 		if (queue->users++ == 1)
 			log_info("isonvme: job %s shares CPU %d's queue with another job thread (more job threads than CPUs for them: their latencies include waiting for each other)\n",
@@ -409,7 +408,7 @@ static int fio_isonvme_init(struct thread_data *td)
 		log_err("isonvme: job %s: no queue for CPU %d\n", td->o.name, cpu);
 		return 1;
 	}
-	if (job->wait_for_owner) {
+	if (wait_for_owner) {
 		/* `shared` is visible to the owner's next check, or its call in
 		 * progress is visible here: wait for that call to end (the
 		 * owner runs on this CPU, so sleep to let it). */
@@ -417,7 +416,6 @@ static int fio_isonvme_init(struct thread_data *td)
 		while (atomic_load_explicit(&job->queue->owner_in_call, memory_order_acquire))
 			usleep(10);
 	}
-	job->cpu = cpu;
 	job->depth = td->o.iodepth;
 	job->events = calloc(job->depth, sizeof(*job->events));
 	job->ready = calloc(job->depth, sizeof(*job->ready));
